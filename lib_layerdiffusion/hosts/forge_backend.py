@@ -1,0 +1,145 @@
+"""The bridge to Forge's current generation (lllyasviel/stable-diffusion-webui-forge, `backend/`).
+
+Each function names the Forge file and function it relies on. The rest of the package never imports Forge.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import numpy as np
+import torch
+
+from backend import memory_management  # backend/memory_management.py
+from backend.sampling.sampling_function import sampling_prepare  # backend/sampling/sampling_function.py
+from modules import paths  # modules/paths.py: models_path honours --models-dir
+
+from ..errors import LayerDiffuseError, ModelFileError
+from ..methods import BaseModel
+
+log = logging.getLogger(__name__)
+
+NAME = "Forge (backend)"
+
+
+def default_models_folder() -> str:
+    return os.path.join(paths.models_path, "layer_model")
+
+
+def base_model(sd_model) -> BaseModel | None:
+    """backend/diffusion_engine/{sdxl,sd15}.py set the WebUI-legacy flags is_sdxl / is_sd1."""
+    if getattr(sd_model, "is_sdxl", False):
+        return BaseModel.SDXL
+    if getattr(sd_model, "is_sd1", False):
+        return BaseModel.SD15
+    return None
+
+
+def compute_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """Where the transparent VAE runs: memory_management.get_torch_device / should_use_fp16."""
+    device = memory_management.get_torch_device()
+    dtype = torch.float16 if memory_management.should_use_fp16(device) else torch.float32
+    return device, dtype
+
+
+def clone_unet(p):
+    """A clone of the UNet patcher of this generation (backend/patcher/unet.py UnetPatcher.clone): patches on it
+    never reach the shared model object, and Forge drops it when the next sampling resets forge_objects."""
+    return p.sd_model.forge_objects.unet.clone()
+
+
+def install_unet(p, unet) -> None:
+    p.sd_model.forge_objects.unet = unet
+
+
+def add_weight_patches(unet, filename: str, state_dict: dict, weight: float) -> tuple[int, int]:
+    """Add a LayerDiffuse weight-patch file (keys `diffusion_model.<param>::<lora|diff>::<i>`) as Forge weight
+    patches (backend/patcher/base.py ModelPatcher.add_patches, the format UnetPatcher.load_frozen_patcher reads).
+    Returns (parameters matched, parameters in the file)."""
+    grouped: dict[str, tuple[str, list]] = {}
+    for key, tensor in state_dict.items():
+        try:
+            param, patch_type, index = key.split("::")
+            index = int(index)
+        except ValueError:
+            raise ModelFileError(
+                f"[LayerDiffuse] {filename} is not a LayerDiffuse UNet patch file (unexpected key {key!r}). "
+                f"Delete it so that it is downloaded again.") from None
+        kind, weights = grouped.setdefault(param, (patch_type, [None] * 16))
+        weights[index] = tensor
+    patches = {param: (kind, weights) for param, (kind, weights) in grouped.items()}
+    matched = unet.add_patches(filename=filename, patches=patches, strength_patch=float(weight), strength_model=1.0)
+    return len(matched), len(patches)
+
+
+def encode_images(p, images: list[np.ndarray]) -> torch.Tensor:
+    """RGB float images in [0,1] (H×W×3) → their latents concatenated on channels, (1, 4·n, H/8, W/8), through
+    the checkpoint's VAE (backend/patcher/vae.py VAE.encode, then first_stage_model.process_in)."""
+    vae = p.sd_model.forge_objects.vae
+    latents = []
+    for image in images:
+        pixels = torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))
+        latents.append(vae.first_stage_model.process_in(vae.encode(pixels)))
+    return torch.cat(latents, dim=1)
+
+
+def set_concat_condition(unet, latent: torch.Tensor, batch_size: int) -> None:
+    """backend/sampling/sampling_function.py sampling_function applies `extra_concat_condition` only when its
+    batch equals the sampler's, so repeat it to the batch (the original extension lost it for batch > 1)."""
+    unet.extra_concat_condition = latent.repeat(batch_size, 1, 1, 1)
+
+
+def add_stop_at(unet, unpatched_unet, ending_step: float) -> None:
+    """From `ending_step` of the schedule on, sample with the unpatched UNet and without the concat condition,
+    through a conditioning modifier (sampling_function: model_options['conditioning_modifiers'])."""
+    if ending_step >= 1.0:
+        return
+    sigma_end = unet.model.predictor.percent_to_sigma(ending_step)  # backend/modules/k_prediction.py
+
+    def without_concat(conds):
+        if conds is None:
+            return None
+        conds = copy.copy(conds)
+        for i, cond in enumerate(conds):
+            if "c_concat" in cond.get("model_conds", {}):
+                cond = dict(cond)
+                cond["model_conds"] = {k: v for k, v in cond["model_conds"].items() if k != "c_concat"}
+                conds[i] = cond
+        return conds
+
+    def stop_at(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        if timestep[0].item() < sigma_end:
+            if not any(m.model is unpatched_unet for m in memory_management.current_loaded_models):
+                sampling_prepare(unpatched_unet, x)  # reloads the weights without the LayerDiffuse patches
+            return unpatched_unet.model, x, timestep, without_concat(uncond), without_concat(cond), \
+                cond_scale, model_options, seed
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
+    unet.add_conditioning_modifier(stop_at)
+
+
+def fail_before_sampling(p, error: LayerDiffuseError) -> None:
+    """Stop this generation with `error` before anything is sampled.
+
+    Forge's ScriptRunner (modules/scripts.py) catches every exception a script hook raises and carries on, which
+    would give the user a plain image as if all were fine. `p.sample` (modules/processing.py process_images_inner)
+    is called outside those guards, so this request's own `sample` raises the error instead: the UI shows the
+    message and the API answers with it (modules/api/api.py handle_exception reads status_code and detail).
+    """
+    def sample(*args, **kwargs):
+        raise error
+
+    p.sample = sample
+
+
+def fail_sampling(p, error: LayerDiffuseError) -> None:
+    """Like fail_before_sampling, from inside process_before_every_sampling (sampling has begun): the UNet
+    installed for this sampling raises the error at its first step."""
+    unet = clone_unet(p)
+
+    def raise_error(*args):
+        raise error
+
+    unet.add_conditioning_modifier(raise_error)
+    install_unet(p, unet)

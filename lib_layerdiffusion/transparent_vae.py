@@ -1,0 +1,345 @@
+"""Loading and running the LayerDiffuse transparent VAE decoder and encoder, independent of any host UI.
+
+* ``load_transparent_decoder`` / ``load_transparent_encoder`` read a ``.safetensors`` path (through the checked
+  reader in ``safetensors_io``) or take a state dict, verify every key and shape, and build the network in the
+  requested device and dtype (fp16, bf16 and fp32 files alike).
+* ``TransparentDecoder.decode`` turns an ordinary VAE decode (the RGB image) plus its latent into alpha + RGB
+  with test-time augmentation: several flipped/rotated copies are decoded in batches, un-augmented, and merged
+  with a per-pixel median.
+* ``TransparentEncoder.encode`` computes the latent offset that makes an RGBA image's latent carry transparency.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .color_padding import pad_rgb
+from .errors import InvalidArgumentError, ModelFileError
+from .offset_encoder_net import LatentOffsetEncoder
+from .safetensors_io import load_state_dict
+from .transparent_decoder_net import SIZE_MULTIPLE, TransparentDecoderUNet
+
+logger = logging.getLogger(__name__)
+
+StateSource = Union[str, "os.PathLike[str]", Mapping]
+DeviceLike = Union[str, torch.device, None]
+
+LATENT_SCALE = 8
+PASS_COUNTS = (1, 2, 4, 8)
+
+# (flip width first?, quarter turns) per pass count. 8 is the reference order. The smaller sets keep the
+# image's shape, so any aspect ratio runs as one batch: 4 = the shape-preserving symmetries (identity,
+# horizontal flip, half turn, vertical flip), 2 = identity + horizontal flip, 1 = identity.
+AUGMENTATIONS: dict[int, tuple[tuple[bool, int], ...]] = {
+    1: ((False, 0),),
+    2: ((False, 0), (True, 0)),
+    4: ((False, 0), (True, 0), (False, 2), (True, 2)),
+    8: ((False, 0), (False, 1), (False, 2), (False, 3), (True, 0), (True, 1), (True, 2), (True, 3)),
+}
+
+# CPU chunk budget: image pixels decoded at once (e.g. 8 copies at 512x512, 2 at 1024x1024). The network keeps
+# roughly 1.3 KB of fp32 activations per pixel at its peak, so this bounds a chunk to a few GB of RAM.
+CPU_PIXEL_BUDGET = 2 * 1024 * 1024
+# CUDA: peak activation bytes per image pixel per element byte (measured peak plus headroom) and the share
+# of the free memory a chunk may use.
+CUDA_BYTES_PER_PIXEL_PER_ELEMENT_BYTE = 500
+CUDA_FREE_SHARE = 0.8
+
+_DECODER_FILE_HINT = (
+    "the file is not vae_transparent_decoder.safetensors (or layer_sd15_vae_transparent_decoder.safetensors) "
+    "or is damaged; replace it"
+)
+_ENCODER_FILE_HINT = "the file is not vae_transparent_encoder.safetensors or is damaged; replace it"
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def _resolve_placement(device: DeviceLike, dtype: Optional[torch.dtype]) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if not dtype.is_floating_point:
+        raise InvalidArgumentError(f"[LayerDiffuse] The model dtype must be a floating type, got {dtype}.")
+    return device, dtype
+
+
+def _read_source(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return load_state_dict(path), path
+    if isinstance(source, Mapping):
+        return dict(source), "the given state dict"
+    raise InvalidArgumentError(
+        f"[LayerDiffuse] A model source must be a .safetensors path or a state dict, got {type(source).__name__}."
+    )
+
+
+def _describe(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def _check_layout(state: Mapping, expected: Mapping[str, torch.Size], origin: str, what: str, hint: str) -> None:
+    """Raise ModelFileError naming the first offending keys unless state has exactly the expected tensors."""
+    problems = []
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    if missing:
+        problems.append(f"missing tensors: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_describe(unexpected)}")
+    wrong = []
+    for key, shape in expected.items():
+        value = state.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            wrong.append(f"{key} is not a floating-point tensor")
+        elif value.shape != shape:
+            wrong.append(f"{key} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    if wrong:
+        problems.append("; ".join(wrong[:5]) + (f" ({len(wrong)} tensors wrong in all)" if len(wrong) > 5 else ""))
+    if problems:
+        raise ModelFileError(
+            f"[LayerDiffuse] {origin} is not the LayerDiffuse {what}: {'; '.join(problems)}. {hint[0].upper()}{hint[1:]}."
+        )
+
+
+def _build(factory: type, source: StateSource, device: DeviceLike, dtype: Optional[torch.dtype],
+           what: str, hint: str) -> nn.Module:
+    device, dtype = _resolve_placement(device, dtype)
+    state, origin = _read_source(source)
+    # Built on the meta device: the weights come from the file, so random initialisation would be wasted time.
+    with torch.device("meta"):
+        model = factory()
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    _check_layout(state, expected, origin, what, hint)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:  # the check above should make this unreachable; never show torch's text alone
+        raise ModelFileError(f"[LayerDiffuse] {origin} could not be loaded as the {what} ({e}); {hint}.") from None
+    model = model.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    logger.info("[LayerDiffuse] Loaded the %s from %s (%s, %s).", what, origin, device, dtype)
+    return model
+
+
+def load_transparent_decoder(source: StateSource, device: DeviceLike = None,
+                             dtype: Optional[torch.dtype] = None) -> "TransparentDecoder":
+    """Load the transparent VAE decoder from a .safetensors path or a state dict (strictly).
+
+    device defaults to the CPU; dtype to float16 on CUDA and float32 elsewhere."""
+    model = _build(TransparentDecoderUNet, source, device, dtype, "transparent VAE decoder", _DECODER_FILE_HINT)
+    return TransparentDecoder(model)
+
+
+def load_transparent_encoder(source: StateSource, device: DeviceLike = None,
+                             dtype: Optional[torch.dtype] = None) -> "TransparentEncoder":
+    """Load the transparent VAE (offset) encoder from a .safetensors path or a state dict (strictly)."""
+    model = _build(LatentOffsetEncoder, source, device, dtype, "transparent VAE encoder", _ENCODER_FILE_HINT)
+    return TransparentEncoder(model)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+class _Placed:
+    """A wrapped network with the device/dtype bookkeeping both runners share."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: DeviceLike = None, dtype: Optional[torch.dtype] = None):
+        """Move the network (e.g. to offload it between generations); returns self."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+
+def _augment(x: torch.Tensor, flip: bool, quarter_turns: int) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, k=quarter_turns, dims=(2, 3))
+
+
+def _unaugment(y: torch.Tensor, flip: bool, quarter_turns: int) -> torch.Tensor:
+    y = torch.rot90(y, k=-quarter_turns, dims=(2, 3))
+    return torch.flip(y, dims=(3,)) if flip else y
+
+
+def _pad_amounts(latent_side: int) -> tuple[int, int]:
+    """Latent cells to add before/after a side so that its pixel size becomes a multiple of SIZE_MULTIPLE."""
+    cells = SIZE_MULTIPLE // LATENT_SCALE
+    total = -latent_side % cells
+    return total // 2, total - total // 2
+
+
+# --------------------------------------------------------------------------------------------- decoder
+
+class TransparentDecoder(_Placed):
+    """Runs the transparent decoder network on (pixel, latent) pairs; see ``decode``."""
+
+    def _check_inputs(self, pixel: torch.Tensor, latent: torch.Tensor) -> None:
+        if not isinstance(pixel, torch.Tensor) or not isinstance(latent, torch.Tensor):
+            raise InvalidArgumentError("[LayerDiffuse] The transparent decoder takes torch tensors.")
+        if pixel.ndim != 4 or pixel.shape[1] != 3:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The decoded image must have shape (B,3,H,W), got {tuple(pixel.shape)}.")
+        if latent.ndim != 4 or latent.shape[1] != 4:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The latent must have shape (B,4,H/8,W/8), got {tuple(latent.shape)}.")
+        b, _, h, w = pixel.shape
+        if latent.shape[0] != b or (h, w) != (latent.shape[2] * LATENT_SCALE, latent.shape[3] * LATENT_SCALE):
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The image {tuple(pixel.shape)} and latent {tuple(latent.shape)} do not match: "
+                f"the batch sizes must agree and the image must be 8 times the latent's height and width.")
+        if h == 0 or w == 0 or b == 0:
+            raise InvalidArgumentError("[LayerDiffuse] The image to decode is empty.")
+
+    def _padded(self, pixel: torch.Tensor, latent: torch.Tensor):
+        """Pad both inputs (edge replication) to a size the network can halve six times."""
+        top, bottom = _pad_amounts(latent.shape[2])
+        left, right = _pad_amounts(latent.shape[3])
+        if top == bottom == left == right == 0:
+            return pixel, latent, None
+        s = LATENT_SCALE
+        pixel = F.pad(pixel, (left * s, right * s, top * s, bottom * s), mode="replicate")
+        latent = F.pad(latent, (left, right, top, bottom), mode="replicate")
+        return pixel, latent, (top * s, left * s)
+
+    def _prepare(self, pixel: torch.Tensor, latent: torch.Tensor):
+        self._check_inputs(pixel, latent)
+        pixel = pixel.to(device=self.device, dtype=self.dtype)
+        latent = latent.to(device=self.device, dtype=self.dtype)
+        return self._padded(pixel, latent)
+
+    @staticmethod
+    def _finish(y: torch.Tensor, offset, height: int, width: int, device: torch.device) -> torch.Tensor:
+        if offset is not None:
+            y = y[:, :, offset[0]:offset[0] + height, offset[1]:offset[1] + width]
+        return y.to(device=device, dtype=torch.float32).contiguous()
+
+    def decode_single_pass(self, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """One plain forward pass (no augmentation, no clipping): (B,4,H,W) float32 on pixel's device."""
+        with torch.no_grad():
+            h, w = pixel.shape[-2:]
+            padded_pixel, padded_latent, offset = self._prepare(pixel, latent)
+            return self._finish(self.model(padded_pixel, padded_latent), offset, h, w, pixel.device)
+
+    def decode(self, pixel: torch.Tensor, latent: torch.Tensor, passes: int = 8,
+               max_batch: Optional[int] = None) -> torch.Tensor:
+        """Decode alpha + RGB with test-time augmentation.
+
+        pixel: (B,3,H,W) in [0,1], the ordinary VAE decode; latent: (B,4,H/8,W/8). Any size: sides that are
+        not multiples of 64 are edge-padded for the network and cropped back.
+
+        passes (1, 2, 4 or 8) picks the augmentations; each augmented decode is clipped to [0,1], turned back,
+        and the passes are merged with ``torch.median`` (for an even count the LOWER middle value, so 2 passes
+        give their per-pixel minimum):
+          8: no flip with 0..3 quarter turns, then width-flip with 0..3 quarter turns (the reference);
+          4: identity, width-flip, half turn, width-flip + half turn (no 90-degree turns, so one batch for any
+             aspect ratio);
+          2: identity, width-flip;
+          1: identity (a single clipped pass).
+        Same-shaped copies are decoded together in chunks of at most max_batch images (default: what fits in
+        free CUDA memory, or a fixed pixel budget on the CPU).
+
+        Returns (B,4,H,W) float32 in [0,1] on pixel's device; channel 0 is alpha, 1..3 RGB.
+        """
+        if passes not in AUGMENTATIONS:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The number of decoder passes must be one of {PASS_COUNTS}, got {passes!r}.")
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise InvalidArgumentError(f"[LayerDiffuse] max_batch must be a positive integer, got {max_batch!r}.")
+        with torch.no_grad():
+            h, w = pixel.shape[-2:]
+            padded_pixel, padded_latent, offset = self._prepare(pixel, latent)
+            merged = self._augmented_median(padded_pixel, padded_latent, AUGMENTATIONS[passes], max_batch)
+            return self._finish(merged, offset, h, w, pixel.device)
+
+    def _chunk_size(self, height: int, width: int, max_batch: Optional[int]) -> int:
+        if max_batch is not None:
+            return max_batch
+        pixels = height * width
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            element = torch.empty((), dtype=self.dtype).element_size()
+            per_image = pixels * CUDA_BYTES_PER_PIXEL_PER_ELEMENT_BYTE * element
+            return max(1, int(free * CUDA_FREE_SHARE) // per_image)
+        return max(1, CPU_PIXEL_BUDGET // pixels)
+
+    def _augmented_median(self, pixel: torch.Tensor, latent: torch.Tensor,
+                          augmentations: Sequence[tuple[bool, int]], max_batch: Optional[int]) -> torch.Tensor:
+        batch, _, height, width = pixel.shape
+        # Quarter turns of a non-square image swap its sides; only same-shaped copies share a batch.
+        groups: dict[bool, list[int]] = {}
+        for index, (_, turns) in enumerate(augmentations):
+            groups.setdefault(height != width and turns % 2 == 1, []).append(index)
+
+        chunk = self._chunk_size(height, width, max_batch)
+        plan = [(members, start) for members in groups.values()
+                for start in range(0, len(members) * batch, chunk)]
+        logger.debug("[LayerDiffuse] Transparent decode: %d passes of %d image(s), %d chunk(s) of up to %d.",
+                     len(augmentations), batch, len(plan), chunk)
+
+        results: list[Optional[torch.Tensor]] = [None] * len(augmentations)
+        progress = tqdm(total=len(plan), desc="[LayerDiffuse] Transparent decode", disable=len(plan) <= 1)
+        try:
+            for members in groups.values():
+                # Copy-major order: rows [i*batch, (i+1)*batch) hold augmentation members[i] of every image.
+                feed_pixel = torch.cat([_augment(pixel, *augmentations[i]) for i in members])
+                feed_latent = torch.cat([_augment(latent, *augmentations[i]) for i in members])
+                outputs = []
+                for start in range(0, feed_pixel.shape[0], chunk):
+                    out = self.model(feed_pixel[start:start + chunk], feed_latent[start:start + chunk])
+                    outputs.append(out.clamp_(0.0, 1.0))
+                    progress.update(1)
+                outputs = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+                for n, index in enumerate(members):
+                    rows = outputs[n * batch:(n + 1) * batch]
+                    results[index] = _unaugment(rows, *augmentations[index])
+        finally:
+            progress.close()
+
+        if len(results) == 1:
+            return results[0]
+        return torch.median(torch.stack(results), dim=0).values
+
+
+# --------------------------------------------------------------------------------------------- encoder
+
+class TransparentEncoder(_Placed):
+    """Computes the latent offset that encodes an RGBA image's transparency; see ``encode``."""
+
+    def encode(self, rgba: np.ndarray) -> torch.Tensor:
+        """rgba: HxWx4 uint8 (straight alpha; H and W multiples of 8) -> (1,4,H/8,W/8) float32 offset on the
+        model's device, to be added to the ordinary VAE latent of the colour-padded image."""
+        rgba = np.asarray(rgba)
+        if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The image to encode must be an RGBA uint8 array of shape HxWx4, "
+                f"got {rgba.dtype} {tuple(rgba.shape)}.")
+        h, w = rgba.shape[:2]
+        if h == 0 or w == 0 or h % LATENT_SCALE or w % LATENT_SCALE:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] The image to encode must have sides that are positive multiples of 8, got {w}x{h}.")
+        alpha = rgba[..., 3:].astype(np.float32) / np.float32(255.0)
+        feed = np.concatenate([alpha, pad_rgb(rgba)], axis=2)  # alpha first, as the network was trained
+        feed = torch.from_numpy(np.ascontiguousarray(feed.transpose(2, 0, 1)))[None]
+        with torch.no_grad():
+            offset = self.model(feed.to(device=self.device, dtype=self.dtype))
+        return offset.float()

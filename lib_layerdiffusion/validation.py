@@ -1,0 +1,33 @@
+"""Checks that a LayerDiffuse request can run on the loaded checkpoint, before anything is loaded or patched.
+
+Each failure names what the user should change.
+"""
+from __future__ import annotations
+
+from .args import LayerDiffuseArgs
+from .errors import InvalidArgumentError, UnsupportedModelError
+from .methods import LAYER_LABELS, BaseModel
+
+
+def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: int) -> None:
+    method = args.method
+    if base is None:
+        raise UnsupportedModelError(
+            f"[LayerDiffuse] The loaded checkpoint is neither SDXL nor SD1.5; '{method.value}' needs an "
+            f"{method.base.value} checkpoint. Load one, or untick LayerDiffuse.")
+    if base is not method.base:
+        other = "an (SDXL)" if base is BaseModel.SDXL else "an (SD1.5)"
+        raise UnsupportedModelError(
+            f"[LayerDiffuse] '{method.value}' needs an {method.base.value} checkpoint, but the loaded checkpoint "
+            f"is {base.value}. Load an {method.base.value} checkpoint, or choose {other} method.")
+    for layer in method.inputs:
+        if args.image(layer) is None:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] '{method.value}' needs a {LAYER_LABELS[layer]} image: add one in the "
+                f"{LAYER_LABELS[layer].capitalize()} input (API: {layer.value}_image as base64 PNG).")
+    group = method.group_size
+    if batch_size % group != 0:
+        raise InvalidArgumentError(
+            f"[LayerDiffuse] '{method.value}' makes {group} images per group "
+            f"({', '.join(LAYER_LABELS[f] for f in method.frames)}): set Batch size to a multiple of {group} "
+            f"(e.g. {group}); it is {batch_size}.")

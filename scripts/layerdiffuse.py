@@ -1,0 +1,79 @@
+"""LayerDiffuse for Forge: the AlwaysVisible script. UI and Forge hooks only; the work is in lib_layerdiffusion."""
+from __future__ import annotations
+
+import functools
+import logging
+
+from modules import scripts  # modules/scripts.py
+
+from lib_layerdiffusion import generation
+from lib_layerdiffusion.args import ARG_NAMES
+from lib_layerdiffusion.errors import LayerDiffuseError
+from lib_layerdiffusion.hosts import load_bridge
+from lib_layerdiffusion.infotext import paste_readers
+from lib_layerdiffusion.model_store import ModelStore
+from lib_layerdiffusion.ui import TITLE, build_ui
+
+log = logging.getLogger("lib_layerdiffusion")
+bridge = load_bridge()
+
+
+# fields restored by paste-back; images are never in the infotext
+PASTED = ("enabled", "method", "weight", "ending_step", "resize_mode", "fg_additional_prompt",
+          "bg_additional_prompt", "blend_additional_prompt")
+
+
+@functools.lru_cache(maxsize=4)
+def _store_for(folder: str) -> ModelStore:
+    return ModelStore(folder)
+
+
+def _store() -> ModelStore:
+    return _store_for(bridge.default_models_folder())
+
+
+class LayerDiffuseScript(scripts.Script):
+    sorting_priority = 15
+
+    def title(self):
+        return TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        built = build_ui(is_img2img)
+        readers = paste_readers()
+        by_name = dict(zip(ARG_NAMES, built.components))
+        self.infotext_fields = [(by_name[name], readers[name]) for name in PASTED]
+        self.paste_field_names = []
+        return list(built.components)
+
+    def process(self, p, *script_args):
+        try:
+            gen = generation.begin(p, script_args, bridge, _store())
+        except LayerDiffuseError as error:
+            log.error("%s", error)
+            bridge.fail_before_sampling(p, error)
+            return
+        setattr(p, generation.STATE_ATTR, gen)
+
+    def process_before_every_sampling(self, p, *script_args, **kwargs):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        try:
+            generation.patch_unet(p, gen, bridge, _store(), tuple(kwargs["noise"].shape))
+        except LayerDiffuseError as error:
+            log.error("%s", error)
+            bridge.fail_sampling(p, error)
+
+    def postprocess_image_after_composite(self, p, pp, *script_args):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        result = generation.decode_transparent(p, gen, bridge, _store(), pp.index)
+        if result is not None:
+            rgba, preview = result
+            pp.image = rgba  # the RGBA is what Forge saves and shows first
+            p.extra_result_images.append(preview)

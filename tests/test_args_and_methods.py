@@ -1,0 +1,141 @@
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from lib_layerdiffusion.args import ARG_NAMES, LayerDiffuseArgs
+from lib_layerdiffusion.errors import InvalidArgumentError, UnsupportedModelError
+from lib_layerdiffusion.infotext import infotext_fields, paste_readers
+from lib_layerdiffusion.methods import (DEFAULT_METHOD, METHOD_VALUES, METHODS, BaseModel, Layer, PatchKind,
+                                        method_by_name)
+from lib_layerdiffusion.model_store import MODEL_FILES
+from lib_layerdiffusion.validation import check_request
+
+SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
+FG2BLE = "(SDXL) From Foreground to Blending"
+
+
+def png_b64(color=(255, 0, 0, 128)):
+    buf = io.BytesIO()
+    Image.new("RGBA", (16, 16), color).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_method_values_are_the_original_spelling_in_order():
+    assert METHOD_VALUES == (
+        "(SD1.5) Only Generate Transparent Image (Attention Injection)",
+        "(SD1.5) From Foreground to Background (need batch size 2)",
+        "(SD1.5) From Background to Foreground (need batch size 2)",
+        "(SD1.5) Generate Everything Together (need batch size 3)",
+        SDXL_ATTN,
+        "(SDXL) Only Generate Transparent Image (Conv Injection)",
+        FG2BLE,
+        "(SDXL) From Foreground and Blending to Background",
+        "(SDXL) From Background to Blending",
+        "(SDXL) From Background and Blending to Foreground",
+    )
+    assert DEFAULT_METHOD.value == SDXL_ATTN
+
+
+def test_every_method_file_is_in_the_store_table():
+    for m in METHODS:
+        assert m.model_file in MODEL_FILES
+        assert m.decoder_file in MODEL_FILES and m.encoder_file in MODEL_FILES
+
+
+def test_legacy_names_resolve():
+    assert method_by_name("From Background to Blending").value == "(SDXL) From Background to Blending"
+    assert method_by_name("  only generate transparent image (attention injection) ").value == SDXL_ATTN
+    with pytest.raises(InvalidArgumentError, match="Unknown method 'nope'.*Choose one of"):
+        method_by_name("nope")
+
+
+def test_frames_and_transparency():
+    joint = method_by_name("(SD1.5) Generate Everything Together (need batch size 3)")
+    assert joint.group_size == 3
+    assert [joint.is_transparent_frame(i) for i in range(6)] == [True, False, False] * 2
+    bgble2fg = method_by_name("(SDXL) From Background and Blending to Foreground")
+    assert bgble2fg.inputs == (Layer.BACKGROUND, Layer.BLEND) and bgble2fg.makes_transparent
+    assert not method_by_name(FG2BLE).makes_transparent
+    assert all(m.patch_kind is PatchKind.WEIGHT_PATCH for m in METHODS if m.base is BaseModel.SDXL)
+
+
+def test_positional_args_in_ui_order():
+    args = LayerDiffuseArgs.from_script_args(True, FG2BLE, 0.5, 0.8, png_b64(), None, None, "Just Resize", False,
+                                             "", "", "")
+    assert args.enabled and args.method.value == FG2BLE and args.weight == 0.5 and args.ending_step == 0.8
+    assert args.fg_image.mode == "RGBA" and args.fg_image.getpixel((0, 0)) == (255, 0, 0, 128)
+    assert args.resize_mode.value == "Just Resize"
+
+
+def test_short_positional_list_takes_defaults_and_null_prompts():
+    args = LayerDiffuseArgs.from_script_args(True, SDXL_ATTN)
+    assert args.weight == 1.0 and args.ending_step == 1.0 and args.resize_mode.value == "Crop and Resize"
+    args = LayerDiffuseArgs.from_script_args(True, SDXL_ATTN, 1, 1, None, None, None, "Crop and Resize", False,
+                                             None, None, None)
+    assert args.fg_additional_prompt == ""
+
+
+def test_named_args_dict():
+    args = LayerDiffuseArgs.from_script_args({"enabled": True, "method": FG2BLE, "weight": 1,
+                                              "fg_image": "data:image/png;base64," + png_b64(), "stop_at": 0.5})
+    assert args.method.value == FG2BLE and args.ending_step == 0.5 and args.fg_image is not None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"enabled": "maybe"}, "enabled must be true or false"),
+    ({"enabled": True, "method": "Nope"}, "Unknown method"),
+    ({"enabled": True, "weight": "heavy"}, "weight must be a number from 0 to 2"),
+    ({"enabled": True, "weight": 3}, "weight must be a number from 0 to 2"),
+    ({"enabled": True, "ending_step": -1}, "ending_step"),
+    ({"enabled": True, "fg_image": "garbage!"}, "fg_image could not be read"),
+    ({"enabled": True, "resize_mode": "Squash"}, "Unknown resize mode"),
+    ({"enabled": True, "colour": 1}, "Unknown argument 'colour'"),
+    ({"enabled": True, "fg_additional_prompt": 5}, "must be text"),
+])
+def test_bad_args_name_the_problem(bad, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        LayerDiffuseArgs.from_script_args(bad)
+
+
+def test_disabled_reads_nothing_else():
+    args = LayerDiffuseArgs.from_script_args(False, "garbage", "x", None, "not an image")
+    assert args == LayerDiffuseArgs()
+
+
+def test_validation_messages():
+    attn = LayerDiffuseArgs.from_script_args(True, SDXL_ATTN)
+    check_request(attn, BaseModel.SDXL, 2)
+    with pytest.raises(UnsupportedModelError, match="needs an SDXL checkpoint.*is SD1.5"):
+        check_request(attn, BaseModel.SD15, 1)
+    with pytest.raises(UnsupportedModelError, match="neither SDXL nor SD1.5"):
+        check_request(attn, None, 1)
+    with pytest.raises(InvalidArgumentError, match="needs a foreground image"):
+        check_request(LayerDiffuseArgs.from_script_args(True, FG2BLE), BaseModel.SDXL, 1)
+    joint = LayerDiffuseArgs.from_script_args(True, "(SD1.5) Generate Everything Together (need batch size 3)")
+    with pytest.raises(InvalidArgumentError, match="multiple of 3"):
+        check_request(joint, BaseModel.SD15, 4)
+    check_request(joint, BaseModel.SD15, 6)
+
+
+def test_infotext_values_match_the_original_and_read_back():
+    args = LayerDiffuseArgs.from_script_args(True, FG2BLE, 1.0, 1.0, png_b64(), None, None, "Crop and Resize",
+                                             False, "", "", "")
+    fields = infotext_fields(args)
+    assert fields == {
+        "layerdiffusion_enabled": True, "layerdiffusion_method": FG2BLE, "layerdiffusion_weight": 1.0,
+        "layerdiffusion_ending_step": 1.0, "layerdiffusion_fg_image": True, "layerdiffusion_bg_image": False,
+        "layerdiffusion_blend_image": False, "layerdiffusion_resize_mode": "Crop and Resize",
+        "layerdiffusion_fg_additional_prompt": "", "layerdiffusion_bg_additional_prompt": "",
+        "layerdiffusion_blend_additional_prompt": "",
+    }
+    # what Forge's infotext parser hands back is text
+    parsed = {k: str(v) for k, v in fields.items()}
+    readers = paste_readers()
+    assert readers["enabled"](parsed) is True
+    assert readers["method"](parsed) == FG2BLE
+    assert readers["weight"](parsed) == 1.0
+    assert readers["method"]({"layerdiffusion_method": "From Foreground to Blending"}) == FG2BLE
+    assert readers["method"]({}) is None  # absent: leave the UI as it is
+    assert set(readers) <= set(ARG_NAMES)
