@@ -13,8 +13,8 @@ Resolving a file (:meth:`ModelStore.path`):
   ``<folder>/<filename>``, a real file (no symlink into the Hugging Face cache). huggingface_hub shows the
   progress bar, keeps a partial download in ``<folder>/.cache/huggingface/download/`` (``.huggingface/``
   with huggingface_hub 0.23) and resumes it (HTTP Range) on the next attempt, and keeps a small metadata file
-  there. An ``HF_ENDPOINT`` mirror is honoured,
-  read when the download starts (not when huggingface_hub was imported).
+  there. An ``HF_ENDPOINT`` mirror is honoured, read when the download starts (not when huggingface_hub was
+  imported).
 * Offline (``HF_HUB_OFFLINE``, ``allow_download=False``, no connection) a missing file raises
   :class:`~lib_layerdiffusion.errors.ModelFileError` naming the file, the folder and the URL to get it from.
 * Every file is checked (safetensors header against the file size) before it is returned or handed to torch.
@@ -34,9 +34,9 @@ import shutil
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 import torch
 
@@ -349,10 +349,10 @@ class ModelStore:
             raise self._missing(entry, "the huggingface_hub package is not installed") from None
 
         endpoint = _resolve_endpoint(self.endpoint)
-        kwargs = dict(
-            repo_id=entry.repo_id, filename=entry.filename, revision=entry.revision, local_dir=self.folder,
-            endpoint=endpoint,
-        )
+        kwargs = {
+            "repo_id": entry.repo_id, "filename": entry.filename, "revision": entry.revision,
+            "local_dir": self.folder, "endpoint": endpoint,
+        }
         if _hub_version() < (0, 23):  # older local_dir downloads symlink into the cache and restart by default
             kwargs.update(local_dir_use_symlinks=False, resume_download=True)
         os.makedirs(self.folder, exist_ok=True)
@@ -363,7 +363,7 @@ class ModelStore:
             try:
                 result = hf_hub_download(**kwargs)
                 break
-            except Exception as e:  # noqa: BLE001 - every failure becomes a clear ModelFileError
+            except Exception as e:  # every failure becomes a clear ModelFileError
                 kind, detail = _classify(e)
                 if kind == "connect":
                     raise self._missing(entry, f"could not connect to {endpoint} ({detail})") from e

@@ -56,7 +56,8 @@ class LayerDiffuseScript(scripts.Script):
             log.error("%s", error)
             bridge.fail_before_sampling(p, error)
             return
-        setattr(p, generation.STATE_ATTR, gen)
+        if gen is not None:
+            setattr(p, generation.STATE_ATTR, gen)
 
     def process_before_every_sampling(self, p, *script_args, **kwargs):
         gen = getattr(p, generation.STATE_ATTR, None)

@@ -23,6 +23,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 REPO_ID = "LayerDiffusion/layerdiffusion-v1"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -54,7 +55,7 @@ class FakeHub:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeHub":
+    def start(self) -> Self:
         hub = self
 
         class Handler(_Handler):
@@ -74,7 +75,7 @@ class FakeHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

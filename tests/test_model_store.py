@@ -10,19 +10,24 @@ import os
 import threading
 import time
 import types
-
-import pytest
-import torch
-from safetensors.torch import save_file
+from pathlib import Path
 
 import huggingface_hub
 import huggingface_hub.constants as hf_constants
 import huggingface_hub.file_download as hf_file_download
 import huggingface_hub.utils._http as hf_http
-from fake_hub import FakeHub, free_port
+import pytest
+import torch
+from safetensors.torch import save_file
+
 from lib_layerdiffusion import model_store
 from lib_layerdiffusion.errors import ModelFileError
 from lib_layerdiffusion.model_store import MODEL_FILES, ModelFile, ModelStore, model_url
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
+    from tests.fake_hub import FakeHub, free_port
+except ImportError:
+    from fake_hub import FakeHub, free_port
 
 NAME = "vae_transparent_decoder"
 FILENAME = "vae_transparent_decoder.safetensors"
@@ -178,7 +183,7 @@ def test_dropped_connection_resumes_within_the_same_call(hub, folder):
     cut = 4 * CHUNK
     hub.drop_after[FILENAME] = [cut]
     path = ModelStore(folder).path(NAME)
-    assert open(path, "rb").read() == hub.files[FILENAME]
+    assert Path(path).read_bytes() == hub.files[FILENAME]
     gets = [r for r in hub.requests if r.method == "GET"]
     assert len(gets) == 2
     assert gets[0].range is None
@@ -260,7 +265,7 @@ def test_corrupt_download_is_deleted_and_reported(hub, folder):
     assert FILENAME in msg and "truncated" in msg and "deleted" in msg and store.url(NAME) in msg
     assert not (folder / FILENAME).exists()
     hub.files[FILENAME] = good  # fixed server: the next attempt downloads it anew
-    assert open(store.path(NAME), "rb").read() == good
+    assert Path(store.path(NAME)).read_bytes() == good
 
 
 def test_file_missing_on_the_hub(hub, folder):
@@ -398,7 +403,7 @@ def test_cache_is_thread_safe(folder, counted_reads):
         try:
             barrier.wait()
             results.append(store.load(NAME if i % 2 else "layer_xl_fg2ble"))
-        except Exception as e:  # pragma: no cover - reported below
+        except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -1,0 +1,53 @@
+"""Mirrors backend/patcher/unet.py UnetPatcher (with the ModelPatcher parts of backend/patcher/base.py)."""
+import copy
+
+import torch
+
+
+class FakePredictor:
+    """backend/modules/k_prediction.py percent_to_sigma: 1.0 → 0, 0.0 → huge; monotone in between."""
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return 14.6 * (1.0 - percent) ** 2
+
+
+class FakeKModel(torch.nn.Module):
+    """backend/modules/k_model.py KModel: parameters are named diffusion_model.<unet key>."""
+
+    def __init__(self):
+        super().__init__()
+        unet = torch.nn.Module()
+        unet.input_blocks = torch.nn.ModuleList([torch.nn.ModuleList([torch.nn.Conv2d(4, 8, 3, padding=1)])])
+        unet.out = torch.nn.Linear(8, 8)
+        self.diffusion_model = unet
+        self.predictor = FakePredictor()
+
+
+class UnetPatcher:
+    def __init__(self, model):
+        self.model = model
+        self.lora_patches = {}
+        self.model_options = {"transformer_options": {}}
+        self.extra_concat_condition = None
+
+    def clone(self):  # UnetPatcher.clone
+        n = UnetPatcher(self.model)
+        n.lora_patches = self.lora_patches.copy()
+        n.model_options = copy.deepcopy(self.model_options)
+        n.extra_concat_condition = self.extra_concat_condition
+        return n
+
+    def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
+        """ModelPatcher.add_patches: keeps the patches whose key names a parameter, returns those keys."""
+        model_keys = set(k for k, _ in self.model.named_parameters())
+        matched = {k for k in patches if k in model_keys}
+        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = {
+            k: [[strength_patch, patches[k], strength_model, None, None]] for k in matched}
+        return matched
+
+    def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):  # UnetPatcher.add_conditioning_modifier
+        self.model_options.setdefault("conditioning_modifiers", []).append(modifier)

@@ -1,0 +1,33 @@
+"""Mirrors backend/sampling/sampling_function.py."""
+from types import SimpleNamespace
+
+import torch
+
+from backend import memory_management
+
+prepared = []  # what sampling_prepare was asked to load, in order (for the tests)
+
+
+def sampling_prepare(unet, x):
+    """sampling_prepare: loads the patcher (merging its weight patches) onto the device."""
+    prepared.append(unet)
+    memory_management.current_loaded_models[:] = [SimpleNamespace(model=unet)]
+
+
+def sampling_step(unet, x, sigma, cond, uncond):
+    """The part of sampling_function(self, denoiser_params, cond_scale, cond_composition) LayerDiffuse relies
+    on: the extra concat condition is set as c_concat only when its batch matches x's, then every
+    conditioning modifier may swap the model and the conds. Returns (model, cond, uncond) as the sampler
+    would use them."""
+    model = unet.model
+    image_cond = unet.extra_concat_condition
+    if isinstance(image_cond, torch.Tensor) and image_cond.shape[0] == x.shape[0] \
+            and image_cond.shape[2:] == x.shape[2:]:
+        for c in cond + (uncond or []):
+            c["model_conds"]["c_concat"] = image_cond
+    timestep = torch.full((x.shape[0],), float(sigma))
+    cond_scale, model_options, seed = 5.0, unet.model_options, 0
+    for modifier in unet.model_options.get("conditioning_modifiers", []):
+        model, x, timestep, uncond, cond, cond_scale, model_options, seed = modifier(
+            model, x, timestep, uncond, cond, cond_scale, model_options, seed)
+    return model, cond, uncond

@@ -1,0 +1,202 @@
+"""The Forge script's hooks against a small fake of Forge (tests/fake_forge, each call naming what it mirrors).
+
+Real parts: the script, the library, real safetensors model files in a models folder, the real transparent
+decoder (seeded weights). What the fake cannot prove is checked in the rig (tests/test_forge_integration.py).
+"""
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = Path(__file__).parent / "fake_forge"
+
+ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
+FG2BLE = "(SDXL) From Foreground to Blending"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from seeded_weights import seeded_state_dict
+    folder = tmp_path_factory.mktemp("models")
+    layer = folder / "layer_model"
+    layer.mkdir()
+    save_file(seeded_state_dict("transparent_decoder"), str(layer / "vae_transparent_decoder.safetensors"))
+    # weight patches in the published key format, for the fake UNet's two parameters
+    attn = {
+        "diffusion_model.out.weight::lora::0": torch.full((8, 2), 0.01),
+        "diffusion_model.out.weight::lora::1": torch.full((2, 8), 0.01),
+    }
+    save_file(attn, str(layer / "layer_xl_transparent_attn.safetensors"))
+    save_file({"diffusion_model.input_blocks.0.0.weight::diff::0": torch.zeros(8, 8, 3, 3)},
+              str(layer / "layer_xl_fg2ble.safetensors"))
+    save_file({"diffusion_model.not_a_layer.weight::diff::0": torch.zeros(3)},
+              str(layer / "layer_xl_transparent_conv.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def script(models_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(FAKE))
+        mp.syspath_prepend(str(ROOT))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        import modules.paths
+        mp.setattr(modules.paths, "models_path", str(models_dir))
+        spec = importlib.util.spec_from_file_location("layerdiffuse_script", ROOT / "scripts" / "layerdiffuse.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module.LayerDiffuseScript()
+
+
+def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
+    from backend.patcher.unet import FakeKModel, UnetPatcher
+
+    class FakeVAE:
+        """backend/patcher/vae.py VAE.encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) + first_stage_model.process_in."""
+        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.13025)
+
+        def encode(self, pixels):
+            x = pixels.movedim(-1, 1)
+            pooled = torch.nn.functional.avg_pool2d(x, 8)
+            return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+
+    unet = UnetPatcher(FakeKModel())
+    sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl,
+                               forge_objects=SimpleNamespace(unet=unet, vae=FakeVAE()))
+
+    def sample(*args, **kwargs):
+        return "sampled"
+
+    # modules/processing.py StableDiffusionProcessing: the fields the hooks use
+    return SimpleNamespace(sd_model=sd_model, batch_size=batch_size, width=width, height=height,
+                           extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
+                           pixels_after_sampling=[], sample=sample)
+
+
+def args(enabled=True, method=ATTN, weight=1.0, ending_step=1.0, fg=None, bg=None, blend=None):
+    return (enabled, method, weight, ending_step, fg, bg, blend, "Crop and Resize", False, "", "", "")
+
+
+def run_sampling_setup(script, p, script_args, batch=None, h=8, w=8):
+    noise = torch.zeros((batch or p.batch_size, 4, h, w))
+    script.process(p, *script_args)
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    return noise
+
+
+def test_disabled_touches_nothing(script):
+    p = make_p()
+    unet = p.sd_model.forge_objects.unet
+    run_sampling_setup(script, p, args(enabled=False, method="garbage"))
+    assert p.sd_model.forge_objects.unet is unet and unet.lora_patches == {}
+    assert p.extra_generation_params == {} and p.sample() == "sampled"
+    assert not hasattr(p, "layerdiffuse_generation")
+
+
+def test_attention_injection_patches_a_clone_and_decodes_rgba(script):
+    from backend.sampling.sampling_function import sampling_step
+    from modules.scripts import PostprocessImageArgs
+    p = make_p(batch_size=2)
+    shared = p.sd_model.forge_objects.unet
+    noise = run_sampling_setup(script, p, args(weight=0.7))
+    unet = p.sd_model.forge_objects.unet
+    assert unet is not shared and shared.lora_patches == {}  # the shared patcher is never patched
+    (identifier, patches), = unet.lora_patches.items()
+    assert identifier[0] == "layer_xl_transparent_attn.safetensors" and identifier[1] == pytest.approx(0.7)
+    kind, weights = patches["diffusion_model.out.weight"][0][1]
+    assert kind == "lora" and weights[0].shape == (8, 2) and weights[1].shape == (2, 8)
+    assert p.extra_generation_params["layerdiffusion_method"] == ATTN
+    model, _, _ = sampling_step(unet, noise, 10.0, [{"model_conds": {}}], [{"model_conds": {}}])
+    assert model is unet.model
+
+    # after sampling: Forge keeps the latents and pixels, then calls the hook per image
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        p.latents_after_sampling.append(torch.randn(4, 8, 8))
+        p.pixels_after_sampling.append(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    for i in range(2):
+        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
+        script.postprocess_image_after_composite(p, pp, *args())
+        assert pp.image.mode == "RGBA" and pp.image.size == (64, 64)
+    assert len(p.extra_result_images) == 2 and all(im.mode == "RGB" for im in p.extra_result_images)
+
+
+def test_concat_condition_reaches_every_image_of_the_batch(script):
+    from backend.sampling.sampling_function import sampling_step
+    fg = Image.new("RGBA", (40, 30), (255, 0, 0, 255))
+    p = make_p(batch_size=2, width=64, height=48)
+    noise = run_sampling_setup(script, p, args(method=FG2BLE, fg=fg), h=6, w=8)
+    unet = p.sd_model.forge_objects.unet
+    assert unet.extra_concat_condition.shape == (2, 4, 6, 8)
+    cond, uncond = [{"model_conds": {}}], [{"model_conds": {}}]
+    sampling_step(unet, noise, 10.0, cond, uncond)
+    assert cond[0]["model_conds"]["c_concat"].shape == (2, 4, 6, 8)
+    # red foreground: the red channel's latent is high everywhere
+    assert torch.all(unet.extra_concat_condition[:, 0] > unet.extra_concat_condition[:, 1])
+
+
+def test_stop_at_switches_to_the_unpatched_unet_without_concat(script):
+    from backend.sampling import sampling_function
+    fg = Image.new("RGBA", (16, 16), (0, 255, 0, 255))
+    p = make_p()
+    noise = run_sampling_setup(script, p, args(method=FG2BLE, fg=fg, ending_step=0.5))
+    unet = p.sd_model.forge_objects.unet
+    sigma_end = unet.model.predictor.percent_to_sigma(0.5)
+    cond = [{"model_conds": {}}]
+    model, cond_used, _ = sampling_function.sampling_step(unet, noise, sigma_end * 2, cond, None)
+    assert "c_concat" in cond_used[0]["model_conds"]
+    sampling_function.prepared.clear()
+    model, cond_used, _ = sampling_function.sampling_step(unet, noise, sigma_end / 2, [{"model_conds": {}}], None)
+    assert "c_concat" not in cond_used[0]["model_conds"]
+    unpatched = sampling_function.prepared[-1]
+    assert unpatched.lora_patches == {} and unpatched.extra_concat_condition is None
+
+
+@pytest.mark.parametrize("setup, message", [
+    (dict(is_sdxl=False), "needs an SDXL checkpoint"),
+    (dict(method=FG2BLE), "needs a foreground image"),
+    (dict(method="(SDXL) Made Up"), "Unknown method"),
+    (dict(weight="x"), "weight must be a number"),
+])
+def test_bad_requests_stop_before_sampling_with_a_message(script, setup, message):
+    from lib_layerdiffusion.errors import LayerDiffuseError
+    p = make_p(is_sdxl=setup.pop("is_sdxl", True))
+    shared = p.sd_model.forge_objects.unet
+    run_sampling_setup(script, p, args(**setup))
+    with pytest.raises(LayerDiffuseError, match=message) as raised:
+        p.sample(conditioning=None)
+    assert raised.value.status_code == 422 and message in raised.value.detail
+    assert p.sd_model.forge_objects.unet is shared and shared.lora_patches == {}
+
+    # the next generation on the same script is unaffected
+    p2 = make_p()
+    run_sampling_setup(script, p2, args())
+    assert p2.sample() == "sampled" and p2.sd_model.forge_objects.unet.lora_patches
+
+
+def test_patch_matching_nothing_fails_the_sampling_loudly(script):
+    from backend.sampling.sampling_function import sampling_step
+    from lib_layerdiffusion.errors import ModelFileError
+    p = make_p()
+    noise = run_sampling_setup(script, p, args(method="(SDXL) Only Generate Transparent Image (Conv Injection)"))
+    with pytest.raises(ModelFileError, match="None of the 1 weights in layer_xl_transparent_conv.safetensors"):
+        sampling_step(p.sd_model.forge_objects.unet, noise, 10.0, [{"model_conds": {}}], None)
+
+
+def test_missing_model_file_offline_names_file_folder_and_url(script, models_dir):
+    from lib_layerdiffusion.errors import ModelFileError
+    p = make_p(batch_size=1)
+    run_sampling_setup(script, p, args(method="(SDXL) From Background to Blending",
+                                       bg=Image.new("RGB", (8, 8))))
+    with pytest.raises(ModelFileError) as raised:
+        p.sample()
+    text = str(raised.value)
+    assert "layer_xl_bg2ble.safetensors" in text and str(models_dir / "layer_model") in text
+    assert "huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/layer_xl_bg2ble.safetensors" in text
