@@ -399,15 +399,29 @@ def load_attention_sharing(
 ) -> AttentionSharingModel:
     """Build the model for `attention_modules` and fill it from the safetensors file at `path`.
 
-    The layout is checked against the file's header before any tensor is read, and the units are built on the
-    meta device so their ~280M parameters are not initialised only to be overwritten.
-    """
+    The layout is checked against the file's header before any tensor is read."""
+    header = read_header(path)
+    with torch.device("meta"):
+        expected = AttentionSharingModel(attention_modules, config, attention_fn).expected_shapes()
+    check_layout({k: v["shape"] for k, v in header.items()}, expected, path)
+    return build_attention_sharing(load_state_dict(path), attention_modules, config, path, dtype, attention_fn)
+
+
+def build_attention_sharing(
+    state_dict: Mapping[str, torch.Tensor],
+    attention_modules: Sequence[nn.Module],
+    config: AttentionSharingConfig,
+    source: str,
+    dtype: torch.dtype = torch.float32,
+    attention_fn: AttentionFn = sdpa_attention,
+) -> AttentionSharingModel:
+    """Build the model for `attention_modules` from an already loaded state dict (e.g. a model store's cached
+    one). The units are built on the meta device and take the given tensors (no copy when the dtype matches),
+    so their ~280M parameters are never initialised only to be overwritten."""
     with torch.device("meta"):
         model = AttentionSharingModel(attention_modules, config, attention_fn)
-    header = read_header(path)
-    check_layout({k: v["shape"] for k, v in header.items()}, model.expected_shapes(), path)
-    model.load_checked(load_state_dict(path), path, assign=True)
+    model.load_checked(state_dict, source, assign=True)
     model.to(dtype)
     logger.info("[LayerDiffuse] loaded attention sharing (%d frames%s) from %s", config.frames,
-                ", with control" if config.use_control else "", path)
+                ", with control" if config.use_control else "", source)
     return model

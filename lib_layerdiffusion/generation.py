@@ -18,18 +18,22 @@ import torch
 from PIL import Image
 
 from .args import LayerDiffuseArgs
-from .conditioning_images import conditioning_image
+from .attention_sharing import (COND_OVERWRITE_KEY, SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
+                                build_attention_sharing)
+from .conditioning_images import conditioning_image, to_pil
 from .errors import LayerDiffuseError, ModelFileError
 from .infotext import infotext_fields
 from .methods import LAYER_LABELS, PatchKind
 from .model_store import ModelStore, model_file
-from .outputs import checkerboard_preview, rgba_image
-from .transparent_vae import TransparentDecoder, load_transparent_decoder
+from .img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
+from .outputs import checkerboard_preview_of, rgba_image
+from .transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
 from .validation import check_request
 
 log = logging.getLogger(__name__)
 
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
+INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,6 @@ def begin(p, script_args: tuple, bridge, store: ModelStore) -> Generation | None
         return None
     method = args.method
     check_request(args, bridge.base_model(p.sd_model), int(p.batch_size))
-    if method.patch_kind is PatchKind.ATTENTION_SHARING:
-        raise LayerDiffuseError(
-            f"[LayerDiffuse] '{method.value}' is not available in this version yet; the SDXL methods are.")
     log.info("[LayerDiffuse] %s, weight %g, stop at %g", method.value, args.weight, args.ending_step)
     # fetch (and if need be download) every file now: a missing or damaged file stops the generation with its
     # message before any sampling, instead of failing half-way or silently giving an opaque image
@@ -62,9 +63,20 @@ def begin(p, script_args: tuple, bridge, store: ModelStore) -> Generation | None
 def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple[int, ...]) -> None:
     """Install this sampling's patched clone of the UNet (called before every sampling, also the hires pass)."""
     args, method = gen.args, gen.args.method
-    batch, _, latent_h, latent_w = noise_shape
     unpatched = bridge.clone_unet(p)
     unet = bridge.clone_unet(p)
+    if method.patch_kind is PatchKind.ATTENTION_SHARING:
+        _share_attention(p, gen, bridge, store, unet, noise_shape)
+    else:
+        _patch_weights(p, gen, bridge, store, unet, noise_shape)
+    bridge.add_stop_at(unet, unpatched, args.ending_step)
+    bridge.install_unet(p, unet)
+
+
+def _patch_weights(p, gen: Generation, bridge, store: ModelStore, unet, noise_shape) -> None:
+    """SDXL: the file's LoRA / weight offsets as weight patches, and the input images as concat condition."""
+    args, method = gen.args, gen.args.method
+    batch, _, latent_h, latent_w = noise_shape
     filename = model_file(method.model_file).filename
     matched, total = bridge.add_weight_patches(unet, filename, store.load(method.model_file), args.weight)
     if matched == 0:
@@ -78,8 +90,71 @@ def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple
         images = [conditioning_image(args.image(layer), args.resize_mode, latent_h * 8, latent_w * 8,
                                      what=f"{LAYER_LABELS[layer]} image") for layer in method.inputs]
         bridge.set_concat_condition(unet, bridge.encode_images(p, images), batch)
-    bridge.add_stop_at(unet, unpatched, args.ending_step)
-    bridge.install_unet(p, unet)
+
+
+def _share_attention(p, gen: Generation, bridge, store: ModelStore, unet, noise_shape) -> None:
+    """SD1.5: the 32 attention layers replaced by units that see every frame of a group; per-frame prompts as
+    context overwrites; the fg / bg input image as control signal."""
+    args, method = gen.args, gen.args.method
+    _, _, latent_h, latent_w = noise_shape
+    config = SD15_CONFIGS[method.model_file.removeprefix("layer_")]
+    device, dtype = bridge.compute_device_and_dtype()
+    originals = bridge.attention_modules(unet, SD15_ATTENTION_LAYER_NAMES)
+    model = build_attention_sharing(store.load(method.model_file), originals, config,
+                                    store.local_path(method.model_file), dtype=dtype)
+    model.to(device)
+    if config.use_control:
+        (layer,) = method.inputs
+        image = conditioning_image(args.image(layer), args.resize_mode, latent_h * 8, latent_w * 8,
+                                   what=f"{LAYER_LABELS[layer]} image")
+        model.set_control(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
+    main_prompt = p.prompts[0] if getattr(p, "prompts", None) else p.prompt
+    overwrites = []
+    for frame in method.frames:
+        extra = args.additional_prompt(frame) if frame in method.prompts else ""
+        overwrites.append(bridge.text_condition(p, f"{extra}, {main_prompt}") if extra else None)
+    if any(o is not None for o in overwrites):
+        bridge.set_transformer_option(unet, COND_OVERWRITE_KEY, overwrites)
+    bridge.replace_modules(unet, dict(zip(SD15_ATTENTION_LAYER_NAMES, model.units)))
+
+
+def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_region) -> None:
+    """img2img / inpaint, before Forge encodes the init images: grey-flatten them for the VAE and install, on a
+    clone of the VAE patcher, the regulation that adds each image's transparency offset to its latent."""
+    method = gen.args.method
+    if not method.makes_transparent:
+        return
+    if not bridge.vae_encode_is_full():
+        bridge.tell_user(p, "[LayerDiffuse] The init image's transparency is not used: set 'VAE type for encode' "
+                            "to Full in Settings (a TAESD encode cannot carry it).")
+        return
+    originals = [to_pil(image, "init image") for image in p.init_images]
+    width, height = int(p.width), int(p.height)
+    canvases = tuple(
+        to_pil(bridge.resize_image(p.resize_mode, image, width, height))
+        if crop_region is None and p.resize_mode != 3 else image.convert("RGBA")
+        for image in originals)
+    device, dtype = bridge.compute_device_and_dtype()
+    encoder = _built.get(store, method.encoder_file, device, dtype, load_transparent_encoder)
+    offsets = torch.cat([
+        encoder.encode(aligned_rgba(canvas, crop_region, width, height, bridge.resize_image)).float().cpu()
+        for canvas in canvases])
+    calls: list[int] = []
+    bridge.set_vae_regulation(p, regulation_with_offsets(offsets, calls))
+    p.init_images = [grey_flattened(image) for image in originals]
+    setattr(p, INIT_ATTR, InitTransparency(canvases, tuple(crop_region) if crop_region else None, calls))
+    if gen.args.output_origin:
+        p.extra_result_images.extend(p.init_images)
+
+
+def check_init_offsets_applied(p, bridge) -> None:
+    """After Forge encoded the init images: if the regulation never ran (tiled VAE encode, e.g. after running out
+    of memory), the result would be silently opaque, so tell the user."""
+    init = getattr(p, INIT_ATTR, None)
+    if init is not None and not init.regulation_calls:
+        bridge.tell_user(p, "[LayerDiffuse] Forge encoded the init image without the transparency offset (tiled "
+                            "VAE encode); the result's alpha will not follow the input. Use a smaller image or "
+                            "free some memory.")
 
 
 def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
@@ -89,26 +164,43 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     method = gen.args.method
     if not method.is_transparent_frame(index):
         return None
-    latent = p.latents_after_sampling[index]
-    pixel = p.pixels_after_sampling[index]
+    latent = p.latents_after_sampling[index].detach().float().cpu()
+    pixel = p.pixels_after_sampling[index].convert("RGB")
+    init = getattr(p, INIT_ATTR, None)
+    paste_to = getattr(p, "paste_to", None)
     device, dtype = bridge.compute_device_and_dtype()
-    decoder = _decoders.get(store, method.decoder_file, device, dtype)
-    pixel_t = torch.from_numpy(np.asarray(pixel.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    latent_t = latent[None].detach().float().cpu()
+    decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
+    if init is not None and init.crop_region is not None and paste_to is not None:
+        # inpaint only masked: the latent is the crop's; decode the crop, then paste it back into the canvas
+        x, y, w, h = paste_to
+        crop = pixel.crop((x, y, x + w, y + h)).resize((latent.shape[2] * 8, latent.shape[1] * 8), Image.LANCZOS)
+        canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)]
+        rgba = uncrop(rgba_image(_decode(decoder, crop, latent, gen)), canvas, paste_to)
+    else:
+        rgba = rgba_image(_decode(decoder, pixel, latent, gen))
+        canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)] if init is not None else None
+    if canvas is not None and getattr(p, "mask_for_overlay", None) is not None:
+        rgba = keep_unmasked(rgba, canvas, p.mask_for_overlay)
+    return rgba, checkerboard_preview_of(rgba)
+
+
+def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
+    """(4,H,W) alpha-first in [0,1] from an RGB picture and its (C,H/8,W/8) latent."""
+    pixel_t = torch.from_numpy(np.asarray(pixel, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     height, width = pixel_t.shape[2:]
+    if height % 8 or width % 8:
+        raise LayerDiffuseError(f"[LayerDiffuse] Image size {width}x{height} is not a multiple of 8.")
+    latent_t = latent[None]
     if latent_t.shape[2:] != (height // 8, width // 8):
-        # the pixels are not this latent's decode (e.g. pasted into a larger canvas): decode from pixels alone
+        # the pixels are not this latent's decode: decode from the pixels alone
         log.warning("[LayerDiffuse] Latent %s does not match image %dx%d; decoding from the image alone.",
                     tuple(latent_t.shape[2:]), width, height)
         latent_t = torch.zeros((1, latent_t.shape[1], height // 8, width // 8))
-    if height % 8 or width % 8:
-        raise LayerDiffuseError(f"[LayerDiffuse] Image size {width}x{height} is not a multiple of 8.")
-    decoded = decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
-    return rgba_image(decoded), checkerboard_preview(decoded)
+    return decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
 
 
 class _BuiltModels:
-    """Built decoders kept between generations, keyed by file identity, device and dtype (a replaced file is
+    """Built transparent decoders / encoders kept between generations, keyed by file identity, device and dtype (a replaced file is
     rebuilt). Bounded and thread-safe; holds no per-request state."""
 
     def __init__(self, size: int = 2):
@@ -116,7 +208,7 @@ class _BuiltModels:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, Any] = OrderedDict()
 
-    def get(self, store: ModelStore, name: str, device, dtype) -> TransparentDecoder:
+    def get(self, store: ModelStore, name: str, device, dtype, loader):
         path = store.path(name)
         st = os.stat(path)
         key = (path, st.st_size, st.st_mtime_ns, str(device), dtype)
@@ -125,12 +217,12 @@ class _BuiltModels:
                 self._items.move_to_end(key)
                 return self._items[key]
         # built from the file, not through the store's cache, which is kept for the big UNet patch files
-        decoder = load_transparent_decoder(path, device=device, dtype=dtype)
+        model = loader(path, device=device, dtype=dtype)
         with self._lock:
-            self._items[key] = decoder
+            self._items[key] = model
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-        return decoder
+        return model
 
 
-_decoders = _BuiltModels()
+_built = _BuiltModels(size=3)

@@ -64,3 +64,9 @@ def checkerboard_preview(decoded: Decoded) -> Image.Image:
     board = checkerboard(*hwc.shape[:2])
     vis = colour * alpha + board * (np.float32(1.0) - alpha)
     return Image.fromarray(_to_uint8(vis))  # HxWx3 uint8 -> RGB
+
+
+def checkerboard_preview_of(rgba: Image.Image) -> Image.Image:
+    """The checkerboard preview of an RGBA picture (e.g. after inpainting merged it with its input)."""
+    arr = np.asarray(rgba.convert("RGBA"), dtype=np.float32) / np.float32(255.0)
+    return checkerboard_preview(np.concatenate([arr[..., 3:], arr[..., :3]], axis=2))

@@ -59,10 +59,21 @@ class LayerDiffuseScript(scripts.Script):
         if gen is not None:
             setattr(p, generation.STATE_ATTR, gen)
 
+    def before_process_init_images(self, p, pp, *script_args):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        try:
+            generation.prepare_init_images(p, gen, bridge, _store(), pp.get("crop_region"))
+        except LayerDiffuseError as error:
+            log.error("%s", error)
+            bridge.fail_sampling(p, error)
+
     def process_before_every_sampling(self, p, *script_args, **kwargs):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
+        generation.check_init_offsets_applied(p, bridge)
         try:
             generation.patch_unet(p, gen, bridge, _store(), tuple(kwargs["noise"].shape))
         except LayerDiffuseError as error:

@@ -28,6 +28,7 @@ def models_dir(tmp_path_factory):
     layer = folder / "layer_model"
     layer.mkdir()
     save_file(seeded_state_dict("transparent_decoder"), str(layer / "vae_transparent_decoder.safetensors"))
+    save_file(seeded_state_dict("transparent_encoder"), str(layer / "vae_transparent_encoder.safetensors"))
     # weight patches in the published key format, for the fake UNet's two parameters
     attn = {
         "diffusion_model.out.weight::lora::0": torch.full((8, 2), 0.01),
@@ -59,13 +60,28 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
     from backend.patcher.unet import FakeKModel, UnetPatcher
 
     class FakeVAE:
-        """backend/patcher/vae.py VAE.encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) + first_stage_model.process_in."""
+        """backend/patcher/vae.py VAE: encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) applying the patcher's
+        model_vae_regulation to the posterior as backend/nn/vae.py encode does; clone; first_stage_model."""
         first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.13025)
+
+        def __init__(self):
+            self.patcher = SimpleNamespace(model_options={})
+            self.patcher.set_model_vae_regulation = \
+                lambda fn: self.patcher.model_options.__setitem__("model_vae_regulation", fn)
+
+        def clone(self):
+            n = FakeVAE()
+            n.patcher.model_options = dict(self.patcher.model_options)
+            return n
 
         def encode(self, pixels):
             x = pixels.movedim(-1, 1)
             pooled = torch.nn.functional.avg_pool2d(x, 8)
-            return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+            mean = torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+            regulation = self.patcher.model_options.get("model_vae_regulation")
+            if regulation is None:
+                return mean
+            return regulation(SimpleNamespace(mean=mean, std=torch.full_like(mean, 0.1)))
 
     unet = UnetPatcher(FakeKModel())
     sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl,
@@ -75,9 +91,11 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
         return "sampled"
 
     # modules/processing.py StableDiffusionProcessing: the fields the hooks use
+    comments = {}
     return SimpleNamespace(sd_model=sd_model, batch_size=batch_size, width=width, height=height,
                            extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
-                           pixels_after_sampling=[], sample=sample)
+                           pixels_after_sampling=[], sample=sample, comments=comments,
+                           comment=lambda text: comments.__setitem__(text, 1))
 
 
 def args(enabled=True, method=ATTN, weight=1.0, ending_step=1.0, fg=None, bg=None, blend=None):
@@ -200,3 +218,86 @@ def test_missing_model_file_offline_names_file_folder_and_url(script, models_dir
     text = str(raised.value)
     assert "layer_xl_bg2ble.safetensors" in text and str(models_dir / "layer_model") in text
     assert "huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/layer_xl_bg2ble.safetensors" in text
+
+
+def transparent_disc(size=64, centre=(20, 24), radius=14):
+    yy, xx = np.mgrid[:size, :size]
+    arr = np.zeros((size, size, 4), np.uint8)
+    inside = (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 < radius ** 2
+    arr[inside] = (0, 0, 255, 255)
+    return Image.fromarray(arr, "RGBA")
+
+
+def img2img_p(init_images, batch_size=1, mask=None):
+    p = make_p(batch_size=batch_size)
+    p.init_images = list(init_images)
+    p.resize_mode = 0
+    p.mask_for_overlay = mask
+    p.paste_to = None
+    return p
+
+
+def test_img2img_offsets_ride_on_a_vae_clone_per_image(script):
+    from lib_layerdiffusion.img2img import InitTransparency
+    a, b = transparent_disc(centre=(20, 24)), transparent_disc(centre=(44, 40))
+    p = img2img_p([a, b], batch_size=2)
+    shared_vae = p.sd_model.forge_objects.vae
+    script_args = args()
+    script.process(p, *script_args)
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
+    vae = p.sd_model.forge_objects.vae
+    assert vae is not shared_vae and "model_vae_regulation" not in shared_vae.patcher.model_options
+    assert all(im.mode == "RGB" for im in p.init_images)
+    grey = np.asarray(p.init_images[0])
+    assert tuple(grey[0, 0]) == (128, 128, 128) and tuple(grey[24, 20]) == (0, 0, 255)
+    # Forge encodes the batch (here in two chunks); each row gets its own image's offset
+    pixels = torch.from_numpy(np.stack([np.asarray(im, np.float32) / 255 for im in p.init_images]))
+    plain = shared_vae.encode(pixels)
+    rows = torch.cat([vae.encode(pixels[:1]), vae.encode(pixels[1:])])
+    offset = (rows - plain) / 0.1
+    assert offset.shape == (2, 4, 8, 8) and not torch.allclose(offset[0], offset[1])
+    init = p.layerdiffuse_init
+    assert isinstance(init, InitTransparency) and init.regulation_calls == [1, 1]
+    # the offset is the encoder's, for each image's own alpha
+    from lib_layerdiffusion.transparent_vae import load_transparent_encoder
+    from seeded_weights import seeded_state_dict
+    encoder = load_transparent_encoder(seeded_state_dict("transparent_encoder"))
+    torch.testing.assert_close(offset[1:], encoder.encode(np.asarray(b)), atol=1e-4, rtol=1e-4)
+    noise = torch.zeros((2, 4, 8, 8))
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    assert p.comments == {}
+
+
+def test_img2img_offset_never_applied_is_reported(script):
+    p = img2img_p([transparent_disc()])
+    script_args = args()
+    script.process(p, *script_args)
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)  # Forge tiled: no regulation
+    assert any("without the transparency offset" in text for text in p.comments)
+
+
+def test_inpaint_keeps_the_unmasked_alpha(script):
+    from modules.scripts import PostprocessImageArgs
+    init = transparent_disc()
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))  # repaint the right half only
+    p = img2img_p([init], mask=mask)
+    script_args = args()
+    script.process(p, *script_args)
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": mask}, *script_args)
+    p.latents_after_sampling.append(torch.randn(4, 8, 8))
+    p.pixels_after_sampling.append(p.init_images[0])
+    pp = PostprocessImageArgs(p.pixels_after_sampling[0], 0)
+    script.postprocess_image_after_composite(p, pp, *script_args)
+    out = np.asarray(pp.image)
+    np.testing.assert_array_equal(out[:, :30], np.asarray(init)[:, :30])  # left half: exactly the input
+
+
+def test_output_original_mat_adds_the_flattened_input(script):
+    p = img2img_p([transparent_disc()])
+    script_args = args()[:8] + (True,) + args()[9:]
+    script.process(p, *script_args)
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
+    assert len(p.extra_result_images) == 1 and p.extra_result_images[0].mode == "RGB"

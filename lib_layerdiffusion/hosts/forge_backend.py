@@ -143,3 +143,63 @@ def fail_sampling(p, error: LayerDiffuseError) -> None:
 
     unet.add_conditioning_modifier(raise_error)
     install_unet(p, unet)
+
+
+def attention_modules(unet, names: tuple[str, ...]) -> list:
+    """The UNet's own attention modules at `names` (of backend/nn/unet.py's UNet). If a previous generation's
+    LayerDiffuse units are still patched into the shared model, the modules they wrap are returned."""
+    diffusion_model = unet.model.diffusion_model
+    found = []
+    for name in names:
+        module = diffusion_model.get_submodule(name)
+        found.append(getattr(module, "original", module))
+    return found
+
+
+def replace_modules(unet, modules: dict) -> None:
+    """Object patches on the clone (backend/patcher/base.py ModelPatcher.add_object_patch): Forge swaps them in
+    when it loads this patcher and restores the originals when it unloads it."""
+    for name, module in modules.items():
+        unet.add_object_patch("diffusion_model." + name, module)
+
+
+def set_transformer_option(unet, key: str, value) -> None:
+    """backend/patcher/unet.py UnetPatcher.set_transformer_option: reaches every attention call."""
+    unet.set_transformer_option(key, value)
+
+
+def text_condition(p, text: str) -> torch.Tensor:
+    """The cross-attention context of `text` (backend/diffusion_engine/sd15.py get_learned_conditioning)."""
+    cond = p.sd_model.get_learned_conditioning([text])
+    if isinstance(cond, dict):
+        cond = cond["crossattn"]
+    return cond.to(memory_management.get_torch_device())
+
+
+def vae_encode_is_full() -> bool:
+    """modules/shared opts.sd_vae_encode_method: 'Full' uses the real VAE (which takes a regulation); 'TAESD'
+    does not."""
+    from modules.shared import opts
+    return getattr(opts, "sd_vae_encode_method", "Full") == "Full"
+
+
+def tell_user(p, message: str) -> None:
+    """A note shown under the results in the UI and returned in the API's info (StableDiffusionProcessing.comment),
+    and logged."""
+    log.warning("%s", message)
+    p.comment(message)
+
+
+def resize_image(mode: int, image, width: int, height: int):
+    """modules/images.py resize_image, keeping the alpha channel (force_RGBA)."""
+    from modules import images
+    return images.resize_image(mode, image.convert("RGBA"), width, height, force_RGBA=True)
+
+
+def set_vae_regulation(p, regulation) -> None:
+    """Install `regulation` on a clone of this generation's VAE patcher (backend/patcher/base.py
+    set_model_vae_regulation, read by backend/patcher/vae.py encode_inner). Forge resets forge_objects for each
+    batch, so the clone is gone after the init images are encoded."""
+    vae = p.sd_model.forge_objects.vae.clone()
+    vae.patcher.set_model_vae_regulation(regulation)
+    p.sd_model.forge_objects.vae = vae
