@@ -2,12 +2,23 @@
 
 Host-independent parts: the transparent VAE decoder/encoder, the method table, the model store, image handling
 and infotext. Forge is reached only through `lib_layerdiffusion.hosts`.
-"""
-from .errors import InvalidArgumentError, LayerDiffuseError, ModelFileError, UnsupportedModelError
-from .transparent_vae import (TransparentDecoder, TransparentEncoder, load_transparent_decoder,
-                              load_transparent_encoder)
 
-__all__ = [
-    "load_transparent_decoder", "load_transparent_encoder", "TransparentDecoder", "TransparentEncoder",
-    "LayerDiffuseError", "ModelFileError", "InvalidArgumentError", "UnsupportedModelError",
-]
+The public names are imported on first use, so `python -m lib_layerdiffusion.client` (standard library only)
+runs without torch.
+"""
+import importlib
+
+_PUBLIC = {
+    "load_transparent_decoder": "transparent_vae", "load_transparent_encoder": "transparent_vae",
+    "TransparentDecoder": "transparent_vae", "TransparentEncoder": "transparent_vae",
+    "LayerDiffuseError": "errors", "ModelFileError": "errors", "InvalidArgumentError": "errors",
+    "UnsupportedModelError": "errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,8 +56,8 @@ def script(models_dir):
         yield module.LayerDiffuseScript()
 
 
-def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
-    from backend.patcher.unet import FakeKModel, UnetPatcher
+def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
+    from backend.patcher.unet import FakeKModel, FakeSD15KModel, UnetPatcher
 
     class FakeVAE:
         """backend/patcher/vae.py VAE: encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) applying the patcher's
@@ -83,8 +83,13 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
                 return mean
             return regulation(SimpleNamespace(mean=mean, std=torch.full_like(mean, 0.1)))
 
-    unet = UnetPatcher(FakeKModel())
-    sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl,
+    unet = UnetPatcher(FakeSD15KModel() if sd15_unet else FakeKModel())
+
+    def get_learned_conditioning(texts):
+        """backend/diffusion_engine/sd15.py get_learned_conditioning: (len(texts), 77, context dim)."""
+        return torch.stack([torch.full((77, 12), float(len(t))) for t in texts])
+
+    sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl, get_learned_conditioning=get_learned_conditioning,
                                forge_objects=SimpleNamespace(unet=unet, vae=FakeVAE()))
 
     def sample(*args, **kwargs):
@@ -94,7 +99,7 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64):
     comments = {}
     return SimpleNamespace(sd_model=sd_model, batch_size=batch_size, width=width, height=height,
                            extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
-                           pixels_after_sampling=[], sample=sample, comments=comments,
+                           pixels_after_sampling=[], sample=sample, comments=comments, prompts=["a cat"],
                            comment=lambda text: comments.__setitem__(text, 1))
 
 
@@ -301,3 +306,90 @@ def test_output_original_mat_adds_the_flattened_input(script):
     script.process(p, *script_args)
     script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
     assert len(p.extra_result_images) == 1 and p.extra_result_images[0].mode == "RGB"
+
+
+@pytest.fixture(scope="module")
+def sd15_files(models_dir):
+    """Attention-sharing files shaped for the tiny SD1.5 UNet, in the published key layout."""
+    from backend.patcher.unet import FakeSD15KModel
+    from lib_layerdiffusion.attention_sharing import (SD15_CONFIGS, AttentionSharingModel,
+                                                      sd15_attention_modules)
+    layer = models_dir / "layer_model"
+    modules = sd15_attention_modules(FakeSD15KModel().diffusion_model)
+    gen = torch.Generator().manual_seed(0)
+    for stem in ("sd15_joint", "sd15_fg2bg"):
+        with torch.device("meta"):
+            shapes = AttentionSharingModel(modules, SD15_CONFIGS[stem]).expected_shapes()
+        save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
+                  str(layer / f"layer_{stem}.safetensors"))
+    decoder = layer / "layer_sd15_vae_transparent_decoder.safetensors"
+    if not decoder.exists():
+        import os
+        os.link(layer / "vae_transparent_decoder.safetensors", decoder)
+    return layer
+
+
+JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
+FG2BG = "(SD1.5) From Foreground to Background (need batch size 2)"
+
+
+def sd15_args(method, fg=None, prompts=("", "", "")):
+    return (True, method, 1.0, 1.0, fg, None, None, "Crop and Resize", False, *prompts)
+
+
+def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_files):
+    from lib_layerdiffusion.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
+    from modules.scripts import PostprocessImageArgs
+    p = make_p(is_sdxl=False, batch_size=6, sd15_unet=True)
+    shared = p.sd_model.forge_objects.unet
+    script_args = sd15_args(JOINT, prompts=("glass", "", "on a table"))
+    run_sampling_setup(script, p, script_args)
+    unet = p.sd_model.forge_objects.unet
+    assert unet is not shared and shared.object_patches == {}
+    assert sorted(unet.object_patches) == sorted("diffusion_model." + n for n in SD15_ATTENTION_LAYER_NAMES)
+    assert all(isinstance(u, AttentionSharingUnit) and u.frames == 3 for u in unet.object_patches.values())
+    fg, bg, blend = unet.model_options["transformer_options"]["cond_overwrite"]
+    # the additional prompt goes before the main prompt, for its own frame only
+    assert fg[0, 0, 0].item() == len("glass, a cat") and bg is None
+    assert blend[0, 0, 0].item() == len("on a table, a cat")
+    # a unit runs on a batch of 2 groups of 3 frames (cond and uncond rows) as Forge calls it
+    unit = unet.object_patches["diffusion_model." + SD15_ATTENTION_LAYER_NAMES[1]]
+    x = torch.randn(12, 4, 8)
+    options = {"cond_mark": torch.tensor([0.0] * 6 + [1.0] * 6), "cond_overwrite": [fg, bg, blend]}
+    assert unit(x, context=torch.randn(12, 77, 12), transformer_options=options).shape == x.shape
+
+    # only the foreground frame of each group is decoded
+    for i in range(6):
+        p.latents_after_sampling.append(torch.randn(4, 8, 8))
+        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (i * 10, 0, 0)))
+    modes = []
+    for i in range(6):
+        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
+        script.postprocess_image_after_composite(p, pp, *script_args)
+        modes.append(pp.image.mode)
+    assert modes == ["RGBA", "RGB", "RGB"] * 2 and len(p.extra_result_images) == 2
+
+
+def test_sd15_wrong_batch_size_says_which_to_set(script, sd15_files):
+    from lib_layerdiffusion.errors import InvalidArgumentError
+    p = make_p(is_sdxl=False, batch_size=4, sd15_unet=True)
+    run_sampling_setup(script, p, sd15_args(JOINT))
+    with pytest.raises(InvalidArgumentError, match="set Batch size to a multiple of 3"):
+        p.sample()
+
+
+def test_sd15_fg2bg_encodes_the_foreground_as_control(script, sd15_files):
+    p = make_p(is_sdxl=False, batch_size=2, sd15_unet=True)
+    fg = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    run_sampling_setup(script, p, sd15_args(FG2BG, fg=fg))
+    units = list(p.sd_model.forge_objects.unet.object_patches.values())
+    assert units and all(u.control_signals is not None for u in units)
+    assert sorted(units[0].control_signals) == [1, 4, 16, 64]  # 1/8 .. 1/64 of 64x64
+
+
+def test_sdxl_checkpoint_with_sd15_method_is_refused(script, sd15_files):
+    from lib_layerdiffusion.errors import UnsupportedModelError
+    p = make_p(is_sdxl=True, batch_size=3)
+    run_sampling_setup(script, p, sd15_args(JOINT))
+    with pytest.raises(UnsupportedModelError, match="needs an SD1.5 checkpoint"):
+        p.sample()

@@ -27,16 +27,52 @@ class FakeKModel(torch.nn.Module):
         self.predictor = FakePredictor()
 
 
+class FakeAttention(torch.nn.Module):
+    """backend/nn/unet.py CrossAttention: heads, to_q/to_k/to_v without bias, to_out = [Linear, Dropout]."""
+
+    def __init__(self, dim, context_dim=None, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.to_q = torch.nn.Linear(dim, dim, bias=False)
+        self.to_k = torch.nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = torch.nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = torch.nn.ModuleList([torch.nn.Linear(dim, dim), torch.nn.Dropout(0.0)])
+
+
+class FakeSD15KModel(torch.nn.Module):
+    """A tiny UNet with the 32 attention layers of SD1.5 at their real names (channels shrunk to 8)."""
+
+    def __init__(self, dim=8, context_dim=12):
+        super().__init__()
+
+        def block():
+            transformer = torch.nn.Module()
+            transformer.attn1 = FakeAttention(dim)
+            transformer.attn2 = FakeAttention(dim, context_dim)
+            spatial = torch.nn.Module()
+            spatial.transformer_blocks = torch.nn.ModuleList([transformer])
+            return torch.nn.ModuleList([torch.nn.Identity(), spatial])
+
+        unet = torch.nn.Module()
+        unet.input_blocks = torch.nn.ModuleList([block() for _ in range(12)])
+        unet.output_blocks = torch.nn.ModuleList([block() for _ in range(12)])
+        unet.middle_block = block()
+        self.diffusion_model = unet
+        self.predictor = FakePredictor()
+
+
 class UnetPatcher:
     def __init__(self, model):
         self.model = model
         self.lora_patches = {}
+        self.object_patches = {}
         self.model_options = {"transformer_options": {}}
         self.extra_concat_condition = None
 
     def clone(self):  # UnetPatcher.clone
         n = UnetPatcher(self.model)
         n.lora_patches = self.lora_patches.copy()
+        n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         n.extra_concat_condition = self.extra_concat_condition
         return n
@@ -51,3 +87,9 @@ class UnetPatcher:
 
     def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):  # UnetPatcher.add_conditioning_modifier
         self.model_options.setdefault("conditioning_modifiers", []).append(modifier)
+
+    def add_object_patch(self, name, obj):  # ModelPatcher.add_object_patch
+        self.object_patches[name] = obj
+
+    def set_transformer_option(self, k, v):  # UnetPatcher.set_transformer_option
+        self.model_options.setdefault("transformer_options", {})[k] = v
