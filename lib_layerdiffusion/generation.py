@@ -25,9 +25,11 @@ from .errors import LayerDiffuseError, ModelFileError
 from .infotext import infotext_fields
 from .methods import LAYER_LABELS, PatchKind
 from .model_store import ModelStore, model_file
+from . import layer_export
 from .img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
 from .outputs import checkerboard_preview_of, rgba_image
 from .transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
+from .settings import Settings
 from .validation import check_request
 
 log = logging.getLogger(__name__)
@@ -39,10 +41,14 @@ INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
 @dataclass(frozen=True)
 class Generation:
     args: LayerDiffuseArgs
-    decoder_passes: int = 8
+    settings: Settings = Settings()
+
+    @property
+    def decoder_passes(self) -> int:
+        return self.settings.decoder_passes
 
 
-def begin(p, script_args: tuple, bridge, store: ModelStore) -> Generation | None:
+def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings = Settings()) -> Generation | None:
     """Parse and check the arguments and fetch the model files, before anything is sampled. Returns None when
     LayerDiffuse is off (then nothing else happens). Raises LayerDiffuseError for anything the user must fix."""
     args = LayerDiffuseArgs.from_script_args(*script_args)
@@ -57,7 +63,12 @@ def begin(p, script_args: tuple, bridge, store: ModelStore) -> Generation | None
     if method.makes_transparent:
         store.path(method.decoder_file)
     p.extra_generation_params.update(infotext_fields(args))
-    return Generation(args=args)
+    device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
+    p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
+    if method.makes_transparent and bridge.output_format() not in ("png", "webp"):
+        bridge.tell_user(p, f"[LayerDiffuse] Images are saved as {bridge.output_format().upper()}, which has no "
+                            f"transparency: set Settings → Saving images → File format to png.")
+    return Generation(args=args, settings=settings)
 
 
 def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple[int, ...]) -> None:
@@ -98,7 +109,7 @@ def _share_attention(p, gen: Generation, bridge, store: ModelStore, unet, noise_
     args, method = gen.args, gen.args.method
     _, _, latent_h, latent_w = noise_shape
     config = SD15_CONFIGS[method.model_file.removeprefix("layer_")]
-    device, dtype = bridge.compute_device_and_dtype()
+    device, dtype = bridge.unet_device_and_dtype(unet)
     originals = bridge.attention_modules(unet, SD15_ATTENTION_LAYER_NAMES)
     model = build_attention_sharing(store.load(method.model_file), originals, config,
                                     store.local_path(method.model_file), dtype=dtype)
@@ -134,7 +145,7 @@ def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_regi
         to_pil(bridge.resize_image(p.resize_mode, image, width, height))
         if crop_region is None and p.resize_mode != 3 else image.convert("RGBA")
         for image in originals)
-    device, dtype = bridge.compute_device_and_dtype()
+    device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     encoder = _built.get(store, method.encoder_file, device, dtype, load_transparent_encoder)
     offsets = torch.cat([
         encoder.encode(aligned_rgba(canvas, crop_region, width, height, bridge.resize_image)).float().cpu()
@@ -168,7 +179,7 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     pixel = p.pixels_after_sampling[index].convert("RGB")
     init = getattr(p, INIT_ATTR, None)
     paste_to = getattr(p, "paste_to", None)
-    device, dtype = bridge.compute_device_and_dtype()
+    device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     if init is not None and init.crop_region is not None and paste_to is not None:
         # inpaint only masked: the latent is the crop's; decode the crop, then paste it back into the canvas
@@ -226,3 +237,41 @@ class _BuiltModels:
 
 
 _built = _BuiltModels(size=3)
+
+
+LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
+
+
+def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
+    """After Forge composed the image at pp.index: put the RGBA in its place (what Forge saves and shows first),
+    queue the preview, and tag the image with its layer for naming and layered files."""
+    index = pp.index
+    result = decode_transparent(p, gen, bridge, store, index)
+    if result is not None:
+        pp.image, preview = result
+        p.extra_result_images.append(preview)
+        if gen.settings.save_preview:
+            bridge.save_extra_image(p, preview, index, "-preview")
+    if layer_export.names_layers(gen.args.method) or gen.settings.save_layered_file:
+        layer_export.tag(pp.image, index, gen.args.method.frame_of(index))
+
+
+def file_name_for(p, image, filename: str) -> str | None:
+    """Forge is about to save `image`: the layer methods' files say which layer they hold."""
+    gen, tagged = getattr(p, STATE_ATTR, None), layer_export.tagged(image)
+    if gen is None or tagged is None or not layer_export.names_layers(gen.args.method):
+        return None
+    return layer_export.with_layer_suffix(filename, tagged[1])
+
+
+def image_saved(p, image, filename: str) -> None:
+    """Forge saved `image`: collect it, and write the group's layered file once the group is complete."""
+    gen, tagged = getattr(p, STATE_ATTR, None), layer_export.tagged(image)
+    if gen is None or tagged is None or not gen.settings.save_layered_file:
+        return
+    collector = getattr(p, LAYERS_ATTR, None)
+    if collector is None:
+        inputs = {layer: gen.args.image(layer) for layer in gen.args.method.inputs}
+        collector = layer_export.GroupCollector(gen.args.method, inputs, gen.args.resize_mode.value)
+        setattr(p, LAYERS_ATTR, collector)
+    collector.add(tagged[0], tagged[1], image, filename)

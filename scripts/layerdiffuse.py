@@ -12,10 +12,14 @@ from lib_layerdiffusion.errors import LayerDiffuseError
 from lib_layerdiffusion.hosts import load_bridge
 from lib_layerdiffusion.infotext import paste_readers
 from lib_layerdiffusion.model_store import ModelStore
+from lib_layerdiffusion.settings import OPTIONS, SECTION, Settings
 from lib_layerdiffusion.ui import TITLE, build_ui
 
 log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()
+bridge.register_settings(OPTIONS, SECTION)
+bridge.on_image_saving(lambda image, p, filename: generation.file_name_for(p, image, filename))
+bridge.on_image_saved(lambda image, p, filename: generation.image_saved(p, image, filename))
 
 
 # fields restored by paste-back; images are never in the infotext
@@ -24,12 +28,12 @@ PASTED = ("enabled", "method", "weight", "ending_step", "resize_mode", "fg_addit
 
 
 @functools.lru_cache(maxsize=4)
-def _store_for(folder: str) -> ModelStore:
-    return ModelStore(folder)
+def _store_for(folder: str, allow_download: bool) -> ModelStore:
+    return ModelStore(folder, allow_download=allow_download)
 
 
-def _store() -> ModelStore:
-    return _store_for(bridge.default_models_folder())
+def _store(settings: Settings) -> ModelStore:
+    return _store_for(settings.models_folder or bridge.default_models_folder(), settings.allow_download)
 
 
 class LayerDiffuseScript(scripts.Script):
@@ -51,7 +55,8 @@ class LayerDiffuseScript(scripts.Script):
 
     def process(self, p, *script_args):
         try:
-            gen = generation.begin(p, script_args, bridge, _store())
+            settings = Settings.from_values(bridge.read_option)
+            gen = generation.begin(p, script_args, bridge, _store(settings), settings)
         except LayerDiffuseError as error:
             log.error("%s", error)
             bridge.fail_before_sampling(p, error)
@@ -64,10 +69,10 @@ class LayerDiffuseScript(scripts.Script):
         if gen is None:
             return
         try:
-            generation.prepare_init_images(p, gen, bridge, _store(), pp.get("crop_region"))
+            generation.prepare_init_images(p, gen, bridge, _store(gen.settings), pp.get("crop_region"))
         except LayerDiffuseError as error:
             log.error("%s", error)
-            bridge.fail_sampling(p, error)
+            bridge.fail_before_sampling(p, error)  # init runs before p.sample: stop there
 
     def process_before_every_sampling(self, p, *script_args, **kwargs):
         gen = getattr(p, generation.STATE_ATTR, None)
@@ -75,7 +80,7 @@ class LayerDiffuseScript(scripts.Script):
             return
         generation.check_init_offsets_applied(p, bridge)
         try:
-            generation.patch_unet(p, gen, bridge, _store(), tuple(kwargs["noise"].shape))
+            generation.patch_unet(p, gen, bridge, _store(gen.settings), tuple(kwargs["noise"].shape))
         except LayerDiffuseError as error:
             log.error("%s", error)
             bridge.fail_sampling(p, error)
@@ -84,8 +89,4 @@ class LayerDiffuseScript(scripts.Script):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
-        result = generation.decode_transparent(p, gen, bridge, _store(), pp.index)
-        if result is not None:
-            rgba, preview = result
-            pp.image = rgba  # the RGBA is what Forge saves and shows first
-            p.extra_result_images.append(preview)
+        generation.finish_image(p, gen, bridge, _store(gen.settings), pp)

@@ -393,3 +393,104 @@ def test_sdxl_checkpoint_with_sd15_method_is_refused(script, sd15_files):
     run_sampling_setup(script, p, sd15_args(JOINT))
     with pytest.raises(UnsupportedModelError, match="needs an SD1.5 checkpoint"):
         p.sample()
+
+
+@pytest.fixture()
+def opts():
+    from modules.shared import opts
+    saved = dict(opts.data)
+    yield opts
+    opts.data.clear()
+    opts.data.update(saved)
+
+
+def saving_p(tmp_path, **kwargs):
+    p = make_p(**kwargs)
+    p.outpath_samples = str(tmp_path)
+    p.seeds = [100 + i for i in range(p.batch_size)]
+    p.prompts = ["a cat"] * p.batch_size
+    p.save_samples = lambda: True
+    return p
+
+
+def forge_saves(script, p, script_args):
+    """modules/processing.py after sampling: per image, postprocess_image_after_composite then save_image."""
+    from modules import images
+    from modules.scripts import PostprocessImageArgs
+    saved = []
+    for i in range(p.batch_size):
+        p.latents_after_sampling.append(torch.randn(4, 8, 8))
+        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (200, 100, 50)))
+        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
+        script.postprocess_image_after_composite(p, pp, *script_args)
+        saved.append(images.save_image(pp.image, p.outpath_samples, "", p.seeds[i], p.prompts[i], "png", p=p)[0])
+    return saved
+
+
+def test_settings_are_registered_in_their_section(script):
+    from modules import script_callbacks
+    from modules.shared import opts
+    for callback in script_callbacks.callbacks["ui_settings"]:
+        callback()
+    from lib_layerdiffusion.settings import OPTIONS
+    for option in OPTIONS:
+        info = opts.data_labels[option.key]
+        assert info.section == ("layerdiffuse", "LayerDiffuse") and info.label == option.label
+        assert info.default == option.default
+
+
+def test_decoder_passes_setting_reaches_the_infotext(script, opts):
+    opts.data["layerdiffuse_decoder_passes"] = 2
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    assert p.layerdiffuse_generation.decoder_passes == 2
+    assert p.extra_generation_params["layerdiffusion_decoder_passes"] == 2
+    opts.data["layerdiffuse_decoder_passes"] = 3
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    with pytest.raises(Exception, match="decoder passes must be one of 1, 2, 4, 8"):
+        p.sample()
+
+
+def test_model_folder_setting_and_no_download(script, opts, tmp_path):
+    opts.data["layerdiffuse_models_folder"] = str(tmp_path / "elsewhere")
+    opts.data["layerdiffuse_allow_download"] = False
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    with pytest.raises(Exception) as raised:
+        p.sample()
+    assert str(tmp_path / "elsewhere") in str(raised.value) and "layer_xl_transparent_attn" in str(raised.value)
+
+
+def test_layer_files_are_named_and_grouped_in_a_layered_file(script, opts, tmp_path):
+    from lib_layerdiffusion.layered_file import read_ora
+    opts.data["layerdiffuse_save_layered_file"] = True
+    fg = transparent_disc()
+    p = saving_p(tmp_path, batch_size=2)
+    script_args = args(method=FG2BLE, fg=fg)
+    run_sampling_setup(script, p, script_args)
+    saved = forge_saves(script, p, script_args)
+    assert all(path.endswith("-blend.png") for path in saved)
+    oras = sorted(tmp_path.glob("*.ora"))
+    assert len(oras) == 2
+    size, layers = read_ora(oras[0])
+    assert size == (64, 64)
+    assert [(l.name, l.visible) for l in layers] == [("blended", False), ("foreground", True)]
+    assert np.asarray(layers[1].image)[24, 20, 3] == 255 and np.asarray(layers[1].image)[0, 0, 3] == 0
+
+
+def test_transparent_image_layered_file_and_saved_preview(script, opts, tmp_path):
+    from lib_layerdiffusion.layered_file import read_ora
+    opts.data["layerdiffuse_save_layered_file"] = True
+    opts.data["layerdiffuse_save_preview"] = True
+    p = saving_p(tmp_path)
+    script_args = args()
+    run_sampling_setup(script, p, script_args)
+    saved = forge_saves(script, p, script_args)
+    assert not saved[0].endswith("-fg.png")  # a transparent image is just "the image"
+    assert Image.open(saved[0]).mode == "RGBA"
+    assert len(list(tmp_path.glob("*-preview.png"))) == 1
+    (ora_path,) = tmp_path.glob("*.ora")
+    _, layers = read_ora(ora_path)
+    assert [(l.name, l.visible) for l in layers] == [("checkerboard", False), ("transparent image", True)]
+    np.testing.assert_array_equal(np.asarray(layers[1].image), np.asarray(Image.open(saved[0])))

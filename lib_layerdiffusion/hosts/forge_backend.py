@@ -36,11 +36,18 @@ def base_model(sd_model) -> BaseModel | None:
     return None
 
 
-def compute_device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    """Where the transparent VAE runs: memory_management.get_torch_device / should_use_fp16."""
+_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def compute_device_and_dtype(precision: str = "Automatic") -> tuple[torch.device, torch.dtype]:
+    """Where the transparent VAE runs: memory_management.get_torch_device; on a GPU the precision set in
+    Settings, or Forge's own choice (should_use_fp16); always fp32 on the CPU."""
     device = memory_management.get_torch_device()
-    dtype = torch.float16 if memory_management.should_use_fp16(device) else torch.float32
-    return device, dtype
+    if device.type == "cpu":
+        return device, torch.float32
+    if precision in _PRECISIONS:
+        return device, _PRECISIONS[precision]
+    return device, torch.float16 if memory_management.should_use_fp16(device) else torch.float32
 
 
 def clone_unet(p):
@@ -203,3 +210,70 @@ def set_vae_regulation(p, regulation) -> None:
     vae = p.sd_model.forge_objects.vae.clone()
     vae.patcher.set_model_vae_regulation(regulation)
     p.sd_model.forge_objects.vae = vae
+
+
+def register_settings(options, section) -> None:
+    """Add LayerDiffuse's section to the Settings tab (modules/script_callbacks.py on_ui_settings,
+    modules/shared.py opts.add_option / OptionInfo)."""
+    import gradio as gr
+    from modules import script_callbacks, shared
+
+    def add_options():
+        for option in options:
+            if option.choices:
+                info = shared.OptionInfo(option.default, option.label, gr.Radio,
+                                         {"choices": list(option.choices)}, section=section)
+            else:
+                info = shared.OptionInfo(option.default, option.label, section=section)
+            shared.opts.add_option(option.key, info)
+
+    script_callbacks.on_ui_settings(add_options)
+
+
+def read_option(key: str, default):
+    """modules/shared.py opts: the saved value, or the default before the Settings tab ever saved one."""
+    from modules.shared import opts
+    return opts.data.get(key, default)
+
+
+def on_image_saving(callback) -> None:
+    """modules/script_callbacks.py on_before_image_saved: callback(image, p, filename) may return a new
+    filename (modules/images.py save_image then saves there)."""
+    from modules import script_callbacks
+
+    def before_saved(params):
+        new_name = callback(params.image, params.p, params.filename)
+        if new_name:
+            params.filename = new_name
+
+    script_callbacks.on_before_image_saved(before_saved)
+
+
+def on_image_saved(callback) -> None:
+    """modules/script_callbacks.py on_image_saved: callback(image, p, filename) after the file is written."""
+    from modules import script_callbacks
+    script_callbacks.on_image_saved(lambda params: callback(params.image, params.p, params.filename))
+
+
+def save_extra_image(p, image, index: int, suffix: str) -> None:
+    """Save an additional image of this generation next to the others (modules/images.py save_image), if this
+    generation saves its images at all (StableDiffusionProcessing.save_samples)."""
+    from modules import images
+    from modules.shared import opts
+    if not p.save_samples():
+        return
+    position = index % len(p.seeds) if getattr(p, "seeds", None) else 0
+    images.save_image(image, p.outpath_samples, "", p.seeds[position], p.prompts[position], opts.samples_format,
+                      p=p, suffix=suffix)
+
+
+def output_format() -> str:
+    from modules.shared import opts
+    return str(opts.samples_format).lower()
+
+
+def unet_device_and_dtype(unet) -> tuple[torch.device, torch.dtype]:
+    """Where and in which precision the attention-sharing units run: half precision where Forge would use it
+    (memory_management.should_use_fp16), as the reference does."""
+    device = memory_management.get_torch_device()
+    return device, torch.float16 if memory_management.should_use_fp16(device) else torch.float32

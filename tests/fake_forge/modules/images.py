@@ -39,3 +39,21 @@ def flatten(img, bgcolor):
         background.paste(img, mask=img)
         img = background
     return img.convert("RGB")
+
+
+def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="",
+               **kwargs):
+    """modules/images.py save_image: a numbered file name, before_image_saved may rename it, then the file is
+    written and image_saved is called."""
+    import os
+    from modules import script_callbacks
+    os.makedirs(path, exist_ok=True)
+    number = len([f for f in os.listdir(path) if f.endswith("." + extension)])
+    params = script_callbacks.ImageSaveParams(image, p, os.path.join(path, f"{number:05d}-{seed}{suffix}.{extension}"),
+                                              {"parameters": info})
+    for callback in script_callbacks.callbacks["before_image_saved"]:
+        callback(params)
+    image.save(params.filename)
+    for callback in script_callbacks.callbacks["image_saved"]:
+        callback(params)
+    return params.filename, None

@@ -1,4 +1,21 @@
-"""Mirrors modules/shared.py opts (only what LayerDiffuse reads)."""
-from types import SimpleNamespace
+"""Mirrors modules/shared.py: opts (data, add_option, the values LayerDiffuse reads) and OptionInfo."""
 
-opts = SimpleNamespace(sd_vae_encode_method="Full")
+
+class OptionInfo:  # modules/options.py OptionInfo
+    def __init__(self, default=None, label="", component=None, component_args=None, section=None, **kwargs):
+        self.default, self.label, self.component = default, label, component
+        self.component_args, self.section = component_args, section
+
+
+class Options:  # modules/options.py Options: saved values in .data, registered options in .data_labels
+    def __init__(self):
+        self.data = {}
+        self.data_labels = {}
+        self.sd_vae_encode_method = "Full"
+        self.samples_format = "png"
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+
+
+opts = Options()

@@ -1,0 +1,76 @@
+"""LayerDiffuse's entries in Forge's Settings tab (section "LayerDiffuse"), as data, and their typed values.
+
+The host bridge registers OPTIONS with Forge and reads them back into a frozen `Settings` for each generation,
+so a change in the Settings tab applies to the next generation and never in the middle of one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+SECTION = ("layerdiffuse", "LayerDiffuse")
+PASS_CHOICES = (1, 2, 4, 8)
+PRECISION_CHOICES = ("Automatic", "fp16", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # the name in Forge's config.json
+    field: str  # the Settings attribute
+    default: Any
+    label: str
+    choices: tuple = ()  # a radio button when given, else a checkbox (bool) or a textbox (str)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("layerdiffuse_models_folder", "models_folder", "", "Model folder"),
+    Option("layerdiffuse_allow_download", "allow_download", True, "Download missing model files automatically"),
+    Option("layerdiffuse_decoder_passes", "decoder_passes", 8,
+           "Decoder passes (1, 2, 4 or 8; 8 is the reference quality)", PASS_CHOICES),
+    Option("layerdiffuse_decoder_precision", "decoder_precision", "Automatic", "Decoder precision on GPU",
+           PRECISION_CHOICES),
+    Option("layerdiffuse_save_preview", "save_preview", False, "Save the checkerboard preview"),
+    Option("layerdiffuse_save_layered_file", "save_layered_file", False, "Save a layered OpenRaster (.ora) file"),
+    Option("layerdiffuse_keep_alpha_upscaling", "keep_alpha_when_upscaling", True,
+           "Keep transparency when upscaling"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_folder: str = ""  # empty: the host's default (Forge: models/layer_model)
+    allow_download: bool = True
+    decoder_passes: int = 8
+    decoder_precision: str = "Automatic"
+    save_preview: bool = False
+    save_layered_file: bool = False
+    keep_alpha_when_upscaling: bool = True
+
+    @classmethod
+    def from_values(cls, get) -> "Settings":
+        """`get(key, default)` reads one option (Forge: shared.opts.data.get)."""
+        values = {o.field: get(o.key, o.default) for o in OPTIONS}
+        try:
+            values["decoder_passes"] = int(values["decoder_passes"])
+        except (TypeError, ValueError):
+            values["decoder_passes"] = 8
+        if values["decoder_passes"] not in PASS_CHOICES:
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] Settings → LayerDiffuse: decoder passes must be one of 1, 2, 4, 8, not "
+                f"{values['decoder_passes']}.")
+        if values["decoder_precision"] not in PRECISION_CHOICES:
+            values["decoder_precision"] = "Automatic"
+        values["models_folder"] = str(values["models_folder"] or "").strip()
+        return cls(**{k: v for k, v in values.items()})
+
+    def infotext_fields(self, on_gpu: bool) -> dict[str, Any]:
+        """The settings that change the image, when not at their defaults (so default infotexts stay as the
+        original extension writes them)."""
+        fields: dict[str, Any] = {}
+        if self.decoder_passes != 8:
+            fields["layerdiffusion_decoder_passes"] = self.decoder_passes
+        if on_gpu and self.decoder_precision != "Automatic":
+            fields["layerdiffusion_decoder_precision"] = self.decoder_precision
+        return fields

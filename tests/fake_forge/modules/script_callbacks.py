@@ -1,0 +1,19 @@
+"""Mirrors modules/script_callbacks.py: the callback registries LayerDiffuse uses, and ImageSaveParams."""
+callbacks = {"ui_settings": [], "before_image_saved": [], "image_saved": []}
+
+
+class ImageSaveParams:
+    def __init__(self, image, p, filename, pnginfo):
+        self.image, self.p, self.filename, self.pnginfo = image, p, filename, pnginfo
+
+
+def on_ui_settings(callback, *, name=None):
+    callbacks["ui_settings"].append(callback)
+
+
+def on_before_image_saved(callback, *, name=None):
+    callbacks["before_image_saved"].append(callback)
+
+
+def on_image_saved(callback, *, name=None):
+    callbacks["image_saved"].append(callback)
