@@ -70,14 +70,15 @@ class LayerDiffuseArgs:
             if name not in ARG_NAMES:
                 raise InvalidArgumentError(
                     f"[LayerDiffuse] Unknown argument {key!r}. Known arguments: {', '.join(ARG_NAMES)}.")
-            values[name] = value
+            if value is not None:  # null means "the default", as a shorter list does
+                values[name] = value
         enabled = _as_bool(values.get("enabled", False), "enabled")
         if not enabled:
             # a disabled extension reads nothing else: a half-filled UI must never block a plain generation
             return cls()
         parsed = dict(
             enabled=True,
-            method=method_by_name(values["method"]) if values.get("method") is not None else DEFAULT_METHOD,
+            method=method_by_name(values["method"]) if "method" in values else DEFAULT_METHOD,
             weight=_as_number(values.get("weight", 1.0), "weight", 0.0, 2.0),
             ending_step=_as_number(values.get("ending_step", 1.0), "ending_step (Stop At)", 0.0, 1.0),
             resize_mode=resize_mode_by_name(values.get("resize_mode") or DEFAULT_RESIZE_MODE),

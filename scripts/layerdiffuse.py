@@ -7,6 +7,7 @@ import logging
 from modules import scripts  # modules/scripts.py
 
 from lib_layerdiffusion import generation
+from lib_layerdiffusion.api_named_args import NamedArgsMiddleware
 from lib_layerdiffusion.args import ARG_NAMES
 from lib_layerdiffusion.errors import LayerDiffuseError
 from lib_layerdiffusion.hosts import load_bridge
@@ -20,6 +21,7 @@ bridge = load_bridge()
 bridge.register_settings(OPTIONS, SECTION)
 bridge.on_image_saving(lambda image, p, filename: generation.file_name_for(p, image, filename))
 bridge.on_image_saved(lambda image, p, filename: generation.image_saved(p, image, filename))
+bridge.install_api_middleware(NamedArgsMiddleware)
 
 
 # fields restored by paste-back; images are never in the infotext

@@ -277,3 +277,17 @@ def unet_device_and_dtype(unet) -> tuple[torch.device, torch.dtype]:
     (memory_management.should_use_fp16), as the reference does."""
     device = memory_management.get_torch_device()
     return device, torch.float16 if memory_management.should_use_fp16(device) else torch.float32
+
+
+def install_api_middleware(middleware_class) -> None:
+    """Put an ASGI middleware in front of Forge's API when the app starts (modules/script_callbacks.py
+    on_app_started; added to app.user_middleware as modules/initialize_util.py setup_middleware does, and the
+    stack rebuilt on the next request)."""
+    from modules import script_callbacks
+    from starlette.middleware import Middleware
+
+    def add(_demo, app):
+        app.user_middleware.insert(0, Middleware(middleware_class))
+        app.middleware_stack = None  # starlette builds the stack again, with this middleware, on the next request
+
+    script_callbacks.on_app_started(add)

@@ -17,3 +17,10 @@ def on_before_image_saved(callback, *, name=None):
 
 def on_image_saved(callback, *, name=None):
     callbacks["image_saved"].append(callback)
+
+
+callbacks["app_started"] = []
+
+
+def on_app_started(callback, *, name=None):
+    callbacks["app_started"].append(callback)
