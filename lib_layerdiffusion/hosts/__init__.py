@@ -16,8 +16,7 @@ def load_bridge():
     if importlib.util.find_spec("backend") is not None and importlib.util.find_spec("backend.patcher.unet"):
         from . import forge_backend
         return forge_backend
-    if importlib.util.find_spec("ldm_patched") is not None:
-        raise LayerDiffuseError(
-            "[LayerDiffuse] This Forge is of the older ldm_patched generation (or reForge), which this version "
-            "does not support yet. Use Forge's current main branch.")
+    if importlib.util.find_spec("ldm_patched") is not None:  # Forge before the backend/ rework, or reForge
+        from . import forge_legacy
+        return forge_legacy
     raise LayerDiffuseError("[LayerDiffuse] No supported Forge found in this process.")
