@@ -65,6 +65,10 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     p.extra_generation_params.update(infotext_fields(args))
     device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
     p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
+    if method.makes_transparent and bridge.stealth_infotext_mode() == "RGB":
+        raise LayerDiffuseError(
+            "[LayerDiffuse] Forge's 'Stealth infotext mode' is RGB, which cannot save transparent images: set it to "
+            "Alpha or None in Settings.")
     if method.makes_transparent and bridge.output_format() not in ("png", "webp"):
         bridge.tell_user(p, f"[LayerDiffuse] Images are saved as {bridge.output_format().upper()}, which has no "
                             f"transparency: set Settings → Saving images → File format to png.")
@@ -240,6 +244,7 @@ _built = _BuiltModels(size=3)
 
 
 LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
+ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 
 
 def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
@@ -249,6 +254,12 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
     result = decode_transparent(p, gen, bridge, store, index)
     if result is not None:
         pp.image, preview = result
+        # Forge's stealth infotext (Alpha mode) overwrites the alpha of the image it saves; keep it to restore
+        alphas = getattr(p, ALPHAS_ATTR, None)
+        if alphas is None:
+            alphas = {}
+            setattr(p, ALPHAS_ATTR, alphas)
+        alphas[id(pp.image)] = pp.image.getchannel("A")
         p.extra_result_images.append(preview)
         if gen.settings.save_preview:
             bridge.save_extra_image(p, preview, index, "-preview")
@@ -256,8 +267,12 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
         layer_export.tag(pp.image, index, gen.args.method.frame_of(index))
 
 
-def file_name_for(p, image, filename: str) -> str | None:
-    """Forge is about to save `image`: the layer methods' files say which layer they hold."""
+def before_save(p, image, filename: str) -> str | None:
+    """Forge is about to save `image` (after its stealth infotext step): give a transparent image its alpha back,
+    and return the file name for the layer methods' files, which say which layer they hold."""
+    alpha = (getattr(p, ALPHAS_ATTR, None) or {}).get(id(image)) if p is not None else None
+    if alpha is not None and image.mode == "RGBA":
+        image.putalpha(alpha)
     gen, tagged = getattr(p, STATE_ATTR, None), layer_export.tagged(image)
     if gen is None or tagged is None or not layer_export.names_layers(gen.args.method):
         return None

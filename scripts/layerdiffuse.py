@@ -19,7 +19,7 @@ from lib_layerdiffusion.ui import TITLE, build_ui
 log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()
 bridge.register_settings(OPTIONS, SECTION)
-bridge.on_image_saving(lambda image, p, filename: generation.file_name_for(p, image, filename))
+bridge.on_image_saving(lambda image, p, filename: generation.before_save(p, image, filename))
 bridge.on_image_saved(lambda image, p, filename: generation.image_saved(p, image, filename))
 bridge.install_api_middleware(NamedArgsMiddleware)
 

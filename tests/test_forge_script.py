@@ -488,9 +488,18 @@ def test_transparent_image_layered_file_and_saved_preview(script, opts, tmp_path
     run_sampling_setup(script, p, script_args)
     saved = forge_saves(script, p, script_args)
     assert not saved[0].endswith("-fg.png")  # a transparent image is just "the image"
-    assert Image.open(saved[0]).mode == "RGBA"
+    on_disk = Image.open(saved[0])
+    assert on_disk.mode == "RGBA" and on_disk.getchannel("A").getextrema()[0] < 255  # stealth infotext undone
     assert len(list(tmp_path.glob("*-preview.png"))) == 1
     (ora_path,) = tmp_path.glob("*.ora")
     _, layers = read_ora(ora_path)
     assert [(l.name, l.visible) for l in layers] == [("checkerboard", False), ("transparent image", True)]
     np.testing.assert_array_equal(np.asarray(layers[1].image), np.asarray(Image.open(saved[0])))
+
+
+def test_stealth_infotext_rgb_mode_is_refused_before_sampling(script, opts):
+    opts.data["stealth_pnginfo_option"] = "RGB"
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    with pytest.raises(Exception, match="Stealth infotext mode"):
+        p.sample()

@@ -394,3 +394,18 @@ def install_api_middleware(middleware_class) -> None:
         app.middleware_stack = None
 
     script_callbacks.on_app_started(add)
+
+
+def stealth_infotext_mode() -> str:
+    """modules/stealth_infotext.py add_stealth_pnginfo (called by modules/images.py save_image when
+    opts.enable_pnginfo): "Alpha" writes the infotext into the alpha channel, "RGB" into the colour (and fails on
+    RGBA images), "None" does nothing. Forge versions without it read as "None"."""
+    from modules.shared import opts
+    if not getattr(opts, "enable_pnginfo", True):
+        return "None"
+    return str(opts.data.get("stealth_pnginfo_option", "Alpha" if _has_stealth_infotext() else "None"))
+
+
+def _has_stealth_infotext() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("modules.stealth_infotext") is not None

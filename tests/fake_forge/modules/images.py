@@ -51,6 +51,9 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     number = len([f for f in os.listdir(path) if f.endswith("." + extension)])
     params = script_callbacks.ImageSaveParams(image, p, os.path.join(path, f"{number:05d}-{seed}{suffix}.{extension}"),
                                               {"parameters": info})
+    from modules.shared import opts
+    if opts.enable_pnginfo and opts.data.get("stealth_pnginfo_option", "Alpha") == "Alpha" and image.mode == "RGBA":
+        image.putalpha(255)  # modules/stealth_infotext.py add_data: the infotext goes into the alpha bits, in place
     for callback in script_callbacks.callbacks["before_image_saved"]:
         callback(params)
     image.save(params.filename)

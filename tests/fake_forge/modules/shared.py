@@ -13,6 +13,7 @@ class Options:  # modules/options.py Options: saved values in .data, registered 
         self.data_labels = {}
         self.sd_vae_encode_method = "Full"
         self.samples_format = "png"
+        self.enable_pnginfo = True
 
     def add_option(self, key, info):
         self.data_labels[key] = info
