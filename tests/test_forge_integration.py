@@ -30,9 +30,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
-    from tests.forge_api import ForgeClient, error_messages, newest_png, png_b64
+    from tests.forge_api import ForgeClient, b64_to_bytes, decode_png, error_messages, newest_png, png_b64
 except ImportError:  # pragma: no cover - depends on how pytest was invoked
-    from forge_api import ForgeClient, error_messages, newest_png, png_b64
+    from forge_api import ForgeClient, b64_to_bytes, decode_png, error_messages, newest_png, png_b64
 
 FORGE_URL = os.environ.get("LAYERDIFFUSE_FORGE_URL", "").strip()
 FORGE_OUTPUTS = os.path.expanduser(os.environ.get("LAYERDIFFUSE_FORGE_OUTPUTS", "").strip())
@@ -390,3 +390,103 @@ def test_large_odd_size(forge, method):
     else:
         assert len(images) == 1 and images[0].mode == "RGB", describe(images)
     assert f"layerdiffusion_method: {method}" in result.infotexts[0]
+
+
+# --- SD1.5 methods (issue: SD1.5 methods) -------------------------------------------------------------------------
+
+SD15_FG2BG = "(SD1.5) From Foreground to Background (need batch size 2)"
+SD15_BG2FG = "(SD1.5) From Background to Foreground (need batch size 2)"
+SD15_JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
+
+
+def sd15_payload(method, batch, fg=None, bg=None, prompts=("", "", "")):
+    args = [True, method, 1.0, 1.0, fg, bg, None, "Crop and Resize", False, *prompts]
+    return with_ld(base_payload(batch=batch, steps=2), args)
+
+
+@pytest.mark.parametrize("method, batch, images_given, modes", [
+    (SD15_FG2BG, 2, {"fg": True}, ["RGB", "RGB"]),
+    (SD15_BG2FG, 2, {"bg": True}, ["RGBA", "RGB", "RGB"]),
+    (SD15_JOINT, 6, {}, ["RGBA", "RGB", "RGB", "RGBA", "RGB", "RGB", "RGB", "RGB"]),
+], ids=["fg2bg", "bg2fg", "joint_batch6"])
+def test_sd15_methods(forge, method, batch, images_given, modes):
+    fg = png_b64(fg_image()) if images_given.get("fg") else None
+    bg = png_b64(bg_image()) if images_given.get("bg") else None
+    result = generate(forge, sd15_payload(method, batch, fg=fg, bg=bg, prompts=("glass", "table", "")),
+                      checkpoint=SD15)
+    images = result.images()
+    log(f"{method} batch {batch}: {result.elapsed_s:.1f}s, {describe(images)}")
+    assert [im.mode for im in images] == modes
+    for i, image in enumerate(images):
+        if image.mode == "RGBA":
+            check_transparent(image, f"{method} image {i}")
+    assert f"layerdiffusion_method: {method}" in result.info["infotexts"][0]
+
+
+def test_sd15_wrong_batch_size(forge):
+    forge.select_checkpoint(SD15)
+    r = forge.txt2img_raw(sd15_payload(SD15_JOINT, 4))
+    check_error(r, 422, "set Batch size to a multiple of 3")
+
+
+# --- transparent img2img (issue: transparent img2img) ---------------------------------------------------------------
+
+def hard_edge_shape(size: int = SIZE) -> Image.Image:
+    """An opaque orange square with a hard edge on a fully transparent background."""
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle([size // 4, size // 4, 3 * size // 4, 3 * size // 4], fill=(240, 140, 40, 255))
+    return img
+
+
+def img2img(forge, init_images, batch=1, denoise=0.3):
+    payload = base_payload(batch=batch, steps=4)
+    payload.update({"init_images": [png_b64(im) for im in init_images], "denoising_strength": denoise})
+    payload = with_ld(payload, [True, ATTN])
+    forge.select_checkpoint(SDXL)
+    r = forge.post("/sdapi/v1/img2img", payload)
+    assert r.ok, f"img2img answered HTTP {r.status}: {r.text()}"
+    return [decode_png(b64_to_bytes(b)) for b in r.json["images"]], r.elapsed_s
+
+
+def alpha_iou(result: Image.Image, reference: Image.Image) -> float:
+    a = pixels(result)[..., 3] > 127
+    b = pixels(reference.resize(result.size))[..., 3] > 127
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def alpha_correlation(result: Image.Image, reference: Image.Image) -> float:
+    a = pixels(result)[..., 3].astype(np.float64).ravel()
+    b = pixels(reference.resize(result.size))[..., 3].astype(np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else 0.0
+
+
+def test_img2img_offset_reaches_the_latent(forge):
+    """With the rig's random weights the decoder's alpha means nothing, so "alpha follows the input" can only
+    be measured with the published weights; what this proves is that the input's alpha reaches the sampling
+    (the result differs from the same picture given without alpha), and it reports the alpha agreement."""
+    shape = hard_edge_shape()
+    with_alpha, t1 = img2img(forge, [shape])
+    opaque = Image.new("RGBA", shape.size, (128, 128, 128, 255))
+    opaque.alpha_composite(shape)
+    without, t2 = img2img(forge, [opaque.convert("RGB")])
+    diff = mean_abs_diff(with_alpha[0].convert("RGB"), without[0].convert("RGB"))
+    log(f"img2img denoise 0.3 ({t1:.0f}s / {t2:.0f}s): alpha IoU with the input: {alpha_iou(with_alpha[0], shape):.3f} "
+        f"with its alpha, {alpha_iou(without[0], shape):.3f} without; correlation "
+        f"{alpha_correlation(with_alpha[0], shape):.4f} / {alpha_correlation(without[0], shape):.4f}; "
+        f"colour mean abs diff between the two {diff:.4f}")
+    assert with_alpha[0].mode == "RGBA" and without[0].mode == "RGBA"
+    assert diff > 0, "the input's alpha did not change the result: the offset never reached the latent"
+
+
+def test_img2img_batch_of_two_inputs_gets_two_offsets(forge):
+    a = hard_edge_shape()
+    b = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+    ImageDraw.Draw(b).ellipse([10, 10, SIZE // 2, SIZE - 10], fill=(40, 200, 90, 255))
+    images, elapsed = img2img(forge, [a, b], batch=2)
+    rgba = [im for im in images if im.mode == "RGBA"]
+    assert len(rgba) == 2
+    log(f"img2img batch of two inputs ({elapsed:.0f}s): alpha correlation of output 1 with inputs a/b "
+        f"{alpha_correlation(rgba[0], a):.4f}/{alpha_correlation(rgba[0], b):.4f}, output 2 "
+        f"{alpha_correlation(rgba[1], a):.4f}/{alpha_correlation(rgba[1], b):.4f}")
+    assert not np.array_equal(pixels(rgba[0]), pixels(rgba[1]))
