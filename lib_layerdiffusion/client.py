@@ -285,6 +285,12 @@ def existing_output(job: Job, out_dir: str) -> str | None:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
     folder = os.path.dirname(path) or "."
@@ -294,6 +300,7 @@ def write_atomic(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -258,3 +258,12 @@ def test_standard_library_only():
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    import stat
+    target = tmp_path / "x.png"
+    client.write_atomic(str(target), b"data")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o666 & ~mask
