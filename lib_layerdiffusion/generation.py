@@ -263,6 +263,8 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
         p.extra_result_images.append(preview)
         if gen.settings.save_preview:
             bridge.save_extra_image(p, preview, index, "-preview")
+        if gen.settings.save_rgba_when_grid_only and not p.save_samples():
+            bridge.save_extra_image(p, pp.image, index, "", even_if_grid_only=True)
     if layer_export.names_layers(gen.args.method) or gen.settings.save_layered_file:
         layer_export.tag(pp.image, index, gen.args.method.frame_of(index))
 

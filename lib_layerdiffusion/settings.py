@@ -33,6 +33,8 @@ OPTIONS: tuple[Option, ...] = (
            PRECISION_CHOICES),
     Option("layerdiffuse_save_preview", "save_preview", False, "Save the checkerboard preview"),
     Option("layerdiffuse_save_layered_file", "save_layered_file", False, "Save a layered OpenRaster (.ora) file"),
+    Option("layerdiffuse_save_rgba_when_grid_only", "save_rgba_when_grid_only", False,
+           "Save the transparent images even when only grids are saved"),
     Option("layerdiffuse_keep_alpha_upscaling", "keep_alpha_when_upscaling", True,
            "Keep transparency when upscaling"),
 )
@@ -46,6 +48,7 @@ class Settings:
     decoder_precision: str = "Automatic"
     save_preview: bool = False
     save_layered_file: bool = False
+    save_rgba_when_grid_only: bool = False
     keep_alpha_when_upscaling: bool = True
 
     @classmethod

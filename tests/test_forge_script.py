@@ -503,3 +503,27 @@ def test_stealth_infotext_rgb_mode_is_refused_before_sampling(script, opts):
     run_sampling_setup(script, p, args())
     with pytest.raises(Exception, match="Stealth infotext mode"):
         p.sample()
+
+
+@pytest.mark.parametrize("api_said_no_saving", [False, True])
+def test_rgba_saved_when_forge_saves_only_grids(script, opts, tmp_path, api_said_no_saving):
+    from modules.scripts import PostprocessImageArgs
+    opts.data["layerdiffuse_save_rgba_when_grid_only"] = True
+    opts.samples_save = False
+    try:
+        p = saving_p(tmp_path)
+        p.save_samples = lambda: False  # StableDiffusionProcessing.save_samples with samples_save off
+        p.do_not_save_samples = api_said_no_saving
+        script_args = args()
+        run_sampling_setup(script, p, script_args)
+        p.latents_after_sampling.append(torch.randn(4, 8, 8))
+        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (200, 100, 50)))
+        pp = PostprocessImageArgs(p.pixels_after_sampling[0], 0)
+        script.postprocess_image_after_composite(p, pp, *script_args)
+    finally:
+        opts.samples_save = True
+    saved = list(tmp_path.glob("*.png"))
+    if api_said_no_saving:
+        assert saved == []
+    else:
+        assert len(saved) == 1 and Image.open(saved[0]).mode == "RGBA"

@@ -255,12 +255,16 @@ def on_image_saved(callback) -> None:
     script_callbacks.on_image_saved(lambda params: callback(params.image, params.p, params.filename))
 
 
-def save_extra_image(p, image, index: int, suffix: str) -> None:
+def save_extra_image(p, image, index: int, suffix: str, even_if_grid_only: bool = False) -> None:
     """Save an additional image of this generation next to the others (modules/images.py save_image), if this
-    generation saves its images at all (StableDiffusionProcessing.save_samples)."""
+    generation saves its images at all (StableDiffusionProcessing.save_samples).
+    even_if_grid_only: also when the user turned off "Always save all generated images" (opts.samples_save),
+    so that only grids would be saved; never when the request asked not to save (API save_images=false,
+    p.do_not_save_samples)."""
     from modules import images
     from modules.shared import opts
-    if not p.save_samples():
+    grid_only = not opts.samples_save and not getattr(p, "do_not_save_samples", False)
+    if not (p.save_samples() or (even_if_grid_only and grid_only)):
         return
     position = index % len(p.seeds) if getattr(p, "seeds", None) else 0
     images.save_image(image, p.outpath_samples, "", p.seeds[position], p.prompts[position], opts.samples_format,

@@ -356,12 +356,16 @@ def on_image_saved(callback) -> None:
     script_callbacks.on_image_saved(saved)
 
 
-def save_extra_image(p, image, index: int, suffix: str) -> None:
+def save_extra_image(p, image, index: int, suffix: str, even_if_grid_only: bool = False) -> None:
     """Save another image of this generation beside the others (modules/images.py save_image), when this
-    generation saves images at all (modules/processing.py StableDiffusionProcessing.save_samples)."""
+    generation saves images at all (modules/processing.py StableDiffusionProcessing.save_samples).
+    even_if_grid_only: also when the user turned off "Always save all generated images" (opts.samples_save),
+    so that only grids would be saved; never when the request asked not to save (API save_images=false,
+    p.do_not_save_samples)."""
     from modules import images
     from modules.shared import opts
-    if not p.save_samples():
+    grid_only = not opts.samples_save and not getattr(p, "do_not_save_samples", False)
+    if not (p.save_samples() or (even_if_grid_only and grid_only)):
         return
     seeds = getattr(p, "seeds", None)
     position = index % len(seeds) if seeds else 0

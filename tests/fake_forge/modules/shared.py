@@ -14,6 +14,7 @@ class Options:  # modules/options.py Options: saved values in .data, registered 
         self.sd_vae_encode_method = "Full"
         self.samples_format = "png"
         self.enable_pnginfo = True
+        self.samples_save = True  # "Always save all generated images"
 
     def add_option(self, key, info):
         self.data_labels[key] = info
