@@ -139,3 +139,32 @@ def test_infotext_values_match_the_original_and_read_back():
     assert readers["method"]({"layerdiffusion_method": "From Foreground to Blending"}) == FG2BLE
     assert readers["method"]({}) is None  # absent: leave the UI as it is
     assert set(readers) <= set(ARG_NAMES)
+
+
+def parse_infotext_line(line: str) -> dict:
+    """The `key: value, key: value` part of an infotext, split the way Forge's
+    modules/infotext_utils.py parse_generation_parameters does for unquoted values."""
+    import re
+    return {k: v for k, v in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line)}
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.value)
+def test_infotext_round_trip_for_every_method(method):
+    from lib_layerdiffusion.methods import Layer as L
+    images = {f"{l.value}_image": png_b64() for l in method.inputs}
+    prompts = {f"{l.value}_additional_prompt": f"extra {l.value}" for l in method.prompts}
+    args = LayerDiffuseArgs.from_script_args({"enabled": True, "method": method.value, "weight": 0.5,
+                                              "ending_step": 0.8, **images, **prompts})
+    line = ", ".join(f"{k}: {v}" for k, v in infotext_fields(args).items())
+    parsed = parse_infotext_line(line)
+    readers = paste_readers()
+    pasted = {name: read(parsed) for name, read in readers.items()}
+    assert pasted["enabled"] is True and pasted["method"] == method.value
+    assert pasted["weight"] == 0.5 and pasted["ending_step"] == 0.8
+    for layer in L:
+        assert pasted[f"{layer.value}_additional_prompt"] == (f"extra {layer.value}" if layer in method.prompts else "")
+    # written back from the pasted values, the infotext is the same (images only say whether one was given)
+    again = LayerDiffuseArgs.from_script_args({**{k: v for k, v in pasted.items() if v is not None}, **images})
+    assert infotext_fields(again) == infotext_fields(args)
+    for legacy in method.legacy_values:
+        assert readers["method"](parse_infotext_line(line.replace(method.value, legacy))) == method.value
