@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
 INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
+LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if method.makes_transparent:
         store.path(method.decoder_file)
     p.extra_generation_params.update(infotext_fields(args))
+    if layer_export.names_layers(method):
+        # per image (Forge calls it with the image's index): the caption of each result says which layer it is
+        p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
     device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
     p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
     if method.makes_transparent and bridge.stealth_infotext_mode() == "RGB":

@@ -368,6 +368,8 @@ def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_fil
         script.postprocess_image_after_composite(p, pp, *script_args)
         modes.append(pp.image.mode)
     assert modes == ["RGBA", "RGB", "RGB"] * 2 and len(p.extra_result_images) == 2
+    layer_of = p.extra_generation_params["layerdiffusion_layer"]
+    assert [layer_of(index=i, p=p) for i in range(6)] == ["fg", "bg", "blend"] * 2
 
 
 def test_sd15_wrong_batch_size_says_which_to_set(script, sd15_files):
@@ -471,6 +473,8 @@ def test_layer_files_are_named_and_grouped_in_a_layered_file(script, opts, tmp_p
     run_sampling_setup(script, p, script_args)
     saved = forge_saves(script, p, script_args)
     assert all(path.endswith("-blend.png") for path in saved)
+    layer_of = p.extra_generation_params["layerdiffusion_layer"]  # per image, as create_infotext calls it
+    assert [layer_of(index=i, p=p) for i in range(2)] == ["blend", "blend"]
     oras = sorted(tmp_path.glob("*.ora"))
     assert len(oras) == 2
     size, layers = read_ora(oras[0])
