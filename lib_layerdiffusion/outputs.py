@@ -5,8 +5,6 @@ checkerboard of 64-pixel squares so transparency is visible in an ordinary image
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 from PIL import Image
@@ -18,7 +16,7 @@ CHECKER_SQUARE = 64
 CHECKER_DARK = np.float32(0.5 + (0.0 - 0.5) * 0.1)
 CHECKER_LIGHT = np.float32(0.5 + (1.0 - 0.5) * 0.1)
 
-Decoded = Union[torch.Tensor, np.ndarray]
+Decoded = torch.Tensor | np.ndarray
 
 
 def _as_hwc(decoded: Decoded) -> np.ndarray:

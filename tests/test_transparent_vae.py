@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from lib_layerdiffusion.errors import InvalidArgumentError, ModelFileError
+from lib_layerdiffusion.transparent_decoder_net import GroupNorm
 from lib_layerdiffusion.transparent_vae import (
     AUGMENTATIONS,
     load_transparent_decoder,
@@ -144,6 +145,56 @@ def test_unsupported_pass_count_is_refused(decoder, passes):
     pixel, latent = _random_inputs(1, 64, 64)
     with pytest.raises(InvalidArgumentError, match="passes"):
         decoder.decode(pixel, latent, passes=passes)
+
+
+def test_cpu_chunks_follow_the_pixel_budget(decoder):
+    assert decoder._chunk_size(512, 512, None) == 4
+    assert decoder._chunk_size(1024, 1024, None) == 1
+    assert decoder._chunk_size(2048, 2048, None) == 1
+    assert decoder._chunk_size(512, 512, 3) == 3
+
+
+def test_cuda_chunks_follow_free_memory(decoder, monkeypatch):
+    monkeypatch.setattr(type(decoder), "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(type(decoder), "dtype", property(lambda self: torch.float16))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * 2**30)
+    # 8 GiB usable * 0.8 over 1024*1024 px * 500 B * 2 bytes per element
+    assert decoder._chunk_size(1024, 1024, None) == int(8 * 2**30 * 0.8) // (1024 * 1024 * 1000)
+    assert decoder._chunk_size(8192, 8192, None) == 1
+
+
+def test_decode_leaves_its_inputs_alone(decoder):
+    pixel, latent = _random_inputs(1, 64, 64, seed=7)
+    pixel = pixel.contiguous(memory_format=torch.channels_last)
+    before = pixel.clone(), latent.clone()
+    decoder.decode(pixel, latent, passes=2)
+    decoder.decode_single_pass(pixel, latent)
+    assert torch.equal(pixel, before[0]) and torch.equal(latent, before[1])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_channels_last_group_norm_is_as_accurate_as_nchw(inplace):
+    torch.manual_seed(0)
+    norm = GroupNorm(num_groups=4, num_channels=64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        x = (torch.randn(2, 64, 96, 80) * 3 + 2).contiguous(memory_format=torch.channels_last)
+        exact = torch.nn.functional.group_norm(x.double().contiguous(), 4, norm.weight.double(),
+                                               norm.bias.double(), 1e-5)
+        source = x.clone()
+        out = norm(source, inplace=inplace)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.data_ptr() == source.data_ptr()) == inplace
+    torch.testing.assert_close(out.double(), exact, atol=2e-6, rtol=0)
+    if not inplace:
+        assert torch.equal(source, x)
+    # With autograd recording, nothing is overwritten.
+    kept = x.clone()
+    norm(kept, inplace=True)
+    assert torch.equal(kept, x)
 
 
 # ----------------------------------------------------------------------------------- sizes
