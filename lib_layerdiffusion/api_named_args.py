@@ -14,6 +14,8 @@ ENDPOINTS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
 
 def rewrite_body(body: bytes, title: str = "LayerDiffuse") -> bytes:
+    if title.lower().encode() not in body.lower():  # most requests: not ours, no JSON parsing of their images
+        return body
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
