@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
 INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
+DECODED_ATTR = "layerdiffuse_decoded_latents"  # latent batches the VAE decoded in the current sampling
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
 
 
@@ -90,6 +91,10 @@ def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple
         _patch_weights(p, gen, bridge, store, unet, noise_shape)
     bridge.add_stop_at(unet, unpatched, args.ending_step)
     bridge.install_unet(p, unet)
+    if method.makes_transparent:
+        decoded: list = []  # this sampling's decoded latent batches, the final pass's last
+        setattr(p, DECODED_ATTR, decoded)
+        bridge.record_vae_decodes(p, decoded)
 
 
 def _patch_weights(p, gen: Generation, bridge, store: ModelStore, unet, noise_shape) -> None:
@@ -183,8 +188,8 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     method = gen.args.method
     if not method.is_transparent_frame(index):
         return None
-    latent = p.latents_after_sampling[index].detach().float().cpu()
     pixel = p.pixels_after_sampling[index].convert("RGB")
+    latent = _final_latent(p, index, pixel.size)
     init = getattr(p, INIT_ATTR, None)
     paste_to = getattr(p, "paste_to", None)
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
@@ -203,6 +208,19 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     return rgba, checkerboard_preview_of(rgba)
 
 
+def _final_latent(p, index: int, size: tuple[int, int]) -> torch.Tensor:
+    """The latent the image at `index` was decoded from. Forge keeps it in latents_after_sampling, except after
+    hires fix, which stores decoded pixels there; then it is the last batch the VAE decoded."""
+    latent = p.latents_after_sampling[index].detach().float().cpu()
+    if latent.ndim == 3 and latent.shape[0] == 4:
+        return latent
+    decoded = getattr(p, DECODED_ATTR, None)
+    position = index % int(p.batch_size)
+    if decoded and decoded[-1].shape[0] > position and decoded[-1].shape[1] == 4:
+        return decoded[-1][position]
+    return torch.zeros((4, size[1] // 8, size[0] // 8))  # unknown: decode from the pixels alone
+
+
 def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
     """(4,H,W) alpha-first in [0,1] from an RGB picture and its (C,H/8,W/8) latent."""
     pixel_t = torch.from_numpy(np.asarray(pixel, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
@@ -214,7 +232,7 @@ def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tenso
         # the pixels are not this latent's decode: decode from the pixels alone
         log.warning("[LayerDiffuse] Latent %s does not match image %dx%d; decoding from the image alone.",
                     tuple(latent_t.shape[2:]), width, height)
-        latent_t = torch.zeros((1, latent_t.shape[1], height // 8, width // 8))
+        latent_t = torch.zeros((1, 4, height // 8, width // 8))
     return decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
 
 

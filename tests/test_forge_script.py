@@ -62,12 +62,21 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
     class FakeVAE:
         """backend/patcher/vae.py VAE: encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) applying the patcher's
         model_vae_regulation to the posterior as backend/nn/vae.py encode does; clone; first_stage_model."""
-        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.13025)
+        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.13025, process_out=lambda z: z / 0.13025)
 
         def __init__(self):
             self.patcher = SimpleNamespace(model_options={})
             self.patcher.set_model_vae_regulation = \
                 lambda fn: self.patcher.model_options.__setitem__("model_vae_regulation", fn)
+            self.patcher.set_model_vae_decode_wrapper = \
+                lambda fn: self.patcher.model_options.__setitem__("model_vae_decode_wrapper", fn)
+
+        def decode(self, samples):
+            """VAE.decode: through model_vae_decode_wrapper when one is set; (B,4,h,w) → (B,h*8,w*8,3)."""
+            def decode_inner(z):
+                return torch.sigmoid(z[:, :3]).repeat_interleave(8, 2).repeat_interleave(8, 3).movedim(1, -1)
+            wrapper = self.patcher.model_options.get("model_vae_decode_wrapper")
+            return decode_inner(samples) if wrapper is None else wrapper(decode_inner, samples)
 
         def clone(self):
             n = FakeVAE()
@@ -531,3 +540,25 @@ def test_rgba_saved_when_forge_saves_only_grids(script, opts, tmp_path, api_said
         assert saved == []
     else:
         assert len(saved) == 1 and Image.open(saved[0]).mode == "RGBA"
+
+
+def test_hires_fix_decodes_from_the_final_pass_latent(script):
+    """After hires fix Forge stores decoded pixels in latents_after_sampling; the latent comes from the VAE's
+    last decode (modules/processing.py sample_hr_pass → decode_latent_batch → VAE.decode)."""
+    from modules.scripts import PostprocessImageArgs
+    latent = torch.randn(1, 4, 8, 8)
+    pixel = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    results = []
+    for hires in (True, False):
+        p = make_p()
+        run_sampling_setup(script, p, args())
+        vae = p.sd_model.forge_objects.vae
+        vae.decode(torch.randn(1, 4, 4, 4))  # the first pass, decoded before the hires upscale
+        vae.decode(vae.first_stage_model.process_out(latent))  # the final pass
+        p.latents_after_sampling.append(torch.rand(3, 64, 64) if hires else latent[0])
+        p.pixels_after_sampling.append(pixel)
+        pp = PostprocessImageArgs(pixel, 0)
+        script.postprocess_image_after_composite(p, pp, *args())
+        results.append(np.asarray(pp.image))
+    assert results[0].shape == (64, 64, 4)
+    np.testing.assert_array_equal(results[0], results[1])

@@ -310,3 +310,19 @@ def stealth_infotext_mode() -> str:
 def _has_stealth_infotext() -> bool:
     import importlib.util
     return importlib.util.find_spec("modules.stealth_infotext") is not None
+
+
+def record_vae_decodes(p, sink: list) -> None:
+    """Append to `sink` every latent batch this generation's VAE decodes, in the sampler's latent space, through a
+    decode wrapper on a clone of the VAE patcher (backend/patcher/base.py set_model_vae_decode_wrapper, read by
+    backend/patcher/vae.py VAE.decode). Hires fix hands the scripts already-decoded pixels instead of latents
+    (modules/processing.py sample_hr_pass), so this is where the final pass's latents can still be seen."""
+    vae = p.sd_model.forge_objects.vae.clone()
+    process_in = vae.first_stage_model.process_in  # decode receives process_out(latent); undo it
+
+    def wrapper(decode, samples):
+        sink.append(process_in(samples.detach().float()).cpu())
+        return decode(samples)
+
+    vae.patcher.set_model_vae_decode_wrapper(wrapper)
+    p.sd_model.forge_objects.vae = vae

@@ -413,3 +413,9 @@ def stealth_infotext_mode() -> str:
 def _has_stealth_infotext() -> bool:
     import importlib.util
     return importlib.util.find_spec("modules.stealth_infotext") is not None
+
+
+def record_vae_decodes(p, sink: list) -> None:
+    """Not available on this generation (its VAE takes no decode wrapper): nothing is recorded, and a hires-fix
+    image is decoded from its pixels alone, as the original extension does."""
+    return None
