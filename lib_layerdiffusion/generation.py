@@ -20,12 +20,12 @@ from PIL import Image
 from .args import LayerDiffuseArgs
 from .attention_sharing import (COND_OVERWRITE_KEY, SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
                                 build_attention_sharing)
+from . import layer_export
 from .conditioning_images import conditioning_image, to_pil
 from .errors import LayerDiffuseError, ModelFileError
 from .infotext import infotext_fields
 from .methods import LAYER_LABELS, PatchKind
 from .model_store import ModelStore, model_file
-from . import layer_export
 from .img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
 from .outputs import checkerboard_preview_of, rgba_image
 from .transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
 INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
 DECODED_ATTR = "layerdiffuse_decoded_latents"  # latent batches the VAE decoded in the current sampling
+LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
+ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
 
 
@@ -194,15 +196,15 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     paste_to = getattr(p, "paste_to", None)
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
-    if init is not None and init.crop_region is not None and paste_to is not None:
+    # img2img: this image's own init image (one init image serves the whole batch)
+    canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)] if init is not None else None
+    if canvas is not None and init.crop_region is not None and paste_to is not None:
         # inpaint only masked: the latent is the crop's; decode the crop, then paste it back into the canvas
         x, y, w, h = paste_to
         crop = pixel.crop((x, y, x + w, y + h)).resize((latent.shape[2] * 8, latent.shape[1] * 8), Image.LANCZOS)
-        canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)]
         rgba = uncrop(rgba_image(_decode(decoder, crop, latent, gen)), canvas, paste_to)
     else:
         rgba = rgba_image(_decode(decoder, pixel, latent, gen))
-        canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)] if init is not None else None
     if canvas is not None and getattr(p, "mask_for_overlay", None) is not None:
         rgba = keep_unmasked(rgba, canvas, p.mask_for_overlay)
     return rgba, checkerboard_preview_of(rgba)
@@ -237,8 +239,8 @@ def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tenso
 
 
 class _BuiltModels:
-    """Built transparent decoders / encoders kept between generations, keyed by file identity, device and dtype (a replaced file is
-    rebuilt). Bounded and thread-safe; holds no per-request state."""
+    """Built transparent decoders / encoders kept between generations, keyed by file identity, device and dtype
+    (a replaced file is rebuilt). Bounded and thread-safe; holds no per-request state."""
 
     def __init__(self, size: int = 2):
         self._size = size
@@ -263,10 +265,6 @@ class _BuiltModels:
 
 
 _built = _BuiltModels(size=3)
-
-
-LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
-ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 
 
 def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
