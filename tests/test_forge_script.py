@@ -62,7 +62,8 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
     class FakeVAE:
         """backend/patcher/vae.py VAE: encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) applying the patcher's
         model_vae_regulation to the posterior as backend/nn/vae.py encode does; clone; first_stage_model."""
-        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.13025, process_out=lambda z: z / 0.13025)
+        # a power-of-two scale (SDXL's is 0.13025) so that process_in(process_out(z)) is exactly z
+        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.125, process_out=lambda z: z / 0.125)
 
         def __init__(self):
             self.patcher = SimpleNamespace(model_options={})
