@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -31,6 +32,8 @@ FAKE_LEGACY = Path(__file__).parent / "fake_forge_legacy"
 FAKE_CURRENT = Path(__file__).parent / "fake_forge"
 HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge")
 BRIDGE = "lib_layerdiffusion.hosts.forge_legacy"
+# our modules that bind to the Forge they are imported in: imported afresh under the fake, set aside after
+HOST_BOUND = (BRIDGE, "lib_layerdiffusion.hosts.webui")
 
 ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
 FG2BLE = "(SDXL) From Foreground to Blending"
@@ -38,18 +41,19 @@ JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
 
 
 def _is_host_module(name: str) -> bool:
-    return name.split(".")[0] in HOST_PACKAGES or name == BRIDGE
+    return name.split(".")[0] in HOST_PACKAGES or name in HOST_BOUND
 
 
 @contextlib.contextmanager
 def legacy_forge():
     """This process as an old Forge would have it: ldm_patched / modules_forge / modules from the legacy fake,
-    no `backend`. Restores sys.modules, sys.path and the hosts package's attribute afterwards."""
+    no `backend`. Restores sys.modules, sys.path and the hosts package's attributes afterwards."""
     saved_path = list(sys.path)
     sys.path.insert(0, str(ROOT))
     hosts = importlib.import_module("lib_layerdiffusion.hosts")
     missing = object()
-    saved_attr = hosts.__dict__.get("forge_legacy", missing)
+    attrs = [name.rsplit(".", 1)[1] for name in HOST_BOUND]
+    saved_attrs = {attr: hosts.__dict__.get(attr, missing) for attr in attrs}
     saved_modules = {name: module for name, module in sys.modules.items() if _is_host_module(name)}
     for name in saved_modules:
         del sys.modules[name]
@@ -64,10 +68,11 @@ def legacy_forge():
             del sys.modules[name]
         sys.modules.update(saved_modules)
         sys.path[:] = saved_path
-        if saved_attr is missing:
-            hosts.__dict__.pop("forge_legacy", None)
-        else:
-            hosts.forge_legacy = saved_attr
+        for attr, saved in saved_attrs.items():
+            if saved is missing:
+                hosts.__dict__.pop(attr, None)
+            else:
+                setattr(hosts, attr, saved)
         importlib.invalidate_caches()
 
 
@@ -156,8 +161,12 @@ def _signatures_of_source(path: Path) -> dict[str, list[tuple[str, str | None]]]
 
 
 def test_every_function_of_the_current_bridge_exists_with_the_same_signature(bridge):
-    expected = _signatures_of_source(ROOT / "lib_layerdiffusion" / "hosts" / "forge_backend.py")
-    assert expected, "forge_backend.py defines no functions?"
+    hosts = ROOT / "lib_layerdiffusion" / "hosts"
+    # the current bridge's interface: its own functions and the shared WebUI-layer ones it re-exports
+    expected = {**_signatures_of_source(hosts / "webui.py"), **_signatures_of_source(hosts / "forge_backend.py")}
+    assert len(expected) > len(_signatures_of_source(hosts / "webui.py")), "forge_backend.py defines no functions?"
+    reexported = set(_signatures_of_source(hosts / "webui.py"))
+    assert reexported <= set(re.findall(r"\b(\w+)\b", (hosts / "forge_backend.py").read_text()))
     for name, params in expected.items():
         function = getattr(bridge, name, None)
         assert callable(function), f"forge_legacy lacks {name}"

@@ -2,7 +2,8 @@
 
 That is lllyasviel/stable-diffusion-webui-forge before the Aug 2024 `backend/` rework, and reForge
 (Panchovix/stable-diffusion-webui-reForge), which kept it. The reference is Forge commit 4a9c8f32, the last one
-before `backend/` was added. Each function names the file and function of that Forge it relies on.
+before `backend/` was added. Each function names the file and function of that Forge it relies on; the
+WebUI-layer ones, which both generations share, come from webui.py.
 
 Where the generation changed within itself, the bridge looks before it leaps instead of assuming:
   * The VAE regulation and `resize_image(force_RGBA=)` arrived only in Forge e26abf87 (Jul 2024); reForge's
@@ -15,36 +16,23 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 
 import numpy as np
 import torch
 
 from ldm_patched.modules import model_management  # ldm_patched/modules/model_management.py
 from modules_forge.forge_sampler import sampling_prepare  # modules_forge/forge_sampler.py
-from modules import paths  # modules/paths.py: models_path honours --models-dir
 
 from ..errors import LayerDiffuseError, ModelFileError
-from ..methods import BaseModel
+from .webui import (  # noqa: F401  (part of this bridge's interface)
+    base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
+    on_image_saving, output_format, read_option, register_settings, save_extra_image, stealth_infotext_mode,
+    tell_user, vae_encode_is_full,
+)
 
 log = logging.getLogger(__name__)
 
 NAME = "Forge (ldm_patched)"
-
-
-def default_models_folder() -> str:
-    """modules/paths.py models_path, as the original extension's `layer_model_root`."""
-    return os.path.join(paths.models_path, "layer_model")
-
-
-def base_model(sd_model) -> BaseModel | None:
-    """modules_forge/forge_loader.py load_model_for_a1111 sets the WebUI flags is_sdxl and is_sd1 (the latter
-    meaning neither SDXL nor SD2)."""
-    if getattr(sd_model, "is_sdxl", False):
-        return BaseModel.SDXL
-    if getattr(sd_model, "is_sd1", False):
-        return BaseModel.SD15
-    return None
 
 
 _PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -176,20 +164,6 @@ def add_stop_at(unet, unpatched_unet, ending_step: float) -> None:
     unet.add_conditioning_modifier(stop_at)
 
 
-def fail_before_sampling(p, error: LayerDiffuseError) -> None:
-    """Stop this generation with `error` before anything is sampled.
-
-    modules/scripts.py ScriptRunner catches what a script hook raises and goes on, which would hand the user a
-    plain image. modules/processing.py process_images_inner calls `p.sample` outside those guards, so this
-    request's `sample` raises instead: the UI shows the message, the API answers with it
-    (modules/api/api.py handle_exception reads status_code and detail).
-    """
-    def sample(*args, **kwargs):
-        raise error
-
-    p.sample = sample
-
-
 def fail_sampling(p, error: LayerDiffuseError) -> None:
     """Like fail_before_sampling, from process_before_every_sampling: a conditioning modifier on the installed
     UNet clone raises the error at the first step (modules_forge/forge_sampler.py forge_sample)."""
@@ -239,20 +213,6 @@ def text_condition(p, text: str) -> torch.Tensor:
     if isinstance(cond, tuple):  # (cond, pooled) where a build returns both
         cond = cond[0]
     return cond.to(model_management.get_torch_device())
-
-
-def vae_encode_is_full() -> bool:
-    """modules/shared opts.sd_vae_encode_method (read by modules/processing.py images_tensor_to_samples):
-    'Full' encodes with the real VAE (which can take a regulation); 'TAESD' does not."""
-    from modules.shared import opts
-    return getattr(opts, "sd_vae_encode_method", "Full") == "Full"
-
-
-def tell_user(p, message: str) -> None:
-    """A note shown under the results in the UI and returned in the API's info
-    (modules/processing.py StableDiffusionProcessing.comment), and logged."""
-    log.warning("%s", message)
-    p.comment(message)
 
 
 def _accepts(function, parameter: str) -> bool:
@@ -311,108 +271,11 @@ def set_vae_regulation(p, regulation) -> None:
     p.sd_model.forge_objects.vae = vae
 
 
-def register_settings(options, section) -> None:
-    """Add LayerDiffuse's section to the Settings tab (modules/script_callbacks.py on_ui_settings,
-    modules/shared.py opts.add_option with OptionInfo)."""
-    import gradio as gr
-    from modules import script_callbacks, shared
-
-    def add_options():
-        for option in options:
-            extra = ({"component": gr.Radio, "component_args": {"choices": list(option.choices)}}
-                     if option.choices else {})
-            shared.opts.add_option(option.key, shared.OptionInfo(option.default, option.label, section=section,
-                                                                 **extra))
-
-    script_callbacks.on_ui_settings(add_options)
-
-
-def read_option(key: str, default):
-    """modules/shared.py opts.data: the saved value, or `default` while Settings never saved one."""
-    from modules.shared import opts
-    return opts.data.get(key, default)
-
-
-def on_image_saving(callback) -> None:
-    """modules/script_callbacks.py on_before_image_saved: callback(image, p, filename) may return another
-    filename, which modules/images.py save_image then writes to."""
-    from modules import script_callbacks
-
-    def before_saved(params):
-        renamed = callback(params.image, params.p, params.filename)
-        if renamed:
-            params.filename = renamed
-
-    script_callbacks.on_before_image_saved(before_saved)
-
-
-def on_image_saved(callback) -> None:
-    """modules/script_callbacks.py on_image_saved: callback(image, p, filename) once the file is written."""
-    from modules import script_callbacks
-
-    def saved(params):
-        callback(params.image, params.p, params.filename)
-
-    script_callbacks.on_image_saved(saved)
-
-
-def save_extra_image(p, image, index: int, suffix: str, even_if_grid_only: bool = False) -> None:
-    """Save another image of this generation beside the others (modules/images.py save_image), when this
-    generation saves images at all (modules/processing.py StableDiffusionProcessing.save_samples).
-    even_if_grid_only: also when the user turned off "Always save all generated images" (opts.samples_save),
-    so that only grids would be saved; never when the request asked not to save (API save_images=false,
-    p.do_not_save_samples)."""
-    from modules import images
-    from modules.shared import opts
-    grid_only = not opts.samples_save and not getattr(p, "do_not_save_samples", False)
-    if not (p.save_samples() or (even_if_grid_only and grid_only)):
-        return
-    seeds = getattr(p, "seeds", None)
-    position = index % len(seeds) if seeds else 0
-    images.save_image(image, p.outpath_samples, "", p.seeds[position], p.prompts[position], opts.samples_format,
-                      p=p, suffix=suffix)
-
-
-def output_format() -> str:
-    """modules/shared.py opts.samples_format, lower case."""
-    from modules.shared import opts
-    return str(opts.samples_format).lower()
-
-
 def unet_device_and_dtype(unet) -> tuple[torch.device, torch.dtype]:
     """Where and in which precision the attention-sharing units run: half precision where
     model_management.should_use_fp16 says so (the original extension's AttentionSharingPatcher did this)."""
     device = model_management.get_torch_device()
     return device, torch.float16 if model_management.should_use_fp16(device) else torch.float32
-
-
-def install_api_middleware(middleware_class) -> None:
-    """Put an ASGI middleware in front of Forge's API once the app exists (modules/script_callbacks.py
-    on_app_started(demo, app)); it goes into app.user_middleware like modules/api/api.py's own, and starlette
-    builds the stack again, with it, on the next request."""
-    from modules import script_callbacks
-    from starlette.middleware import Middleware
-
-    def add(_demo, app):
-        app.user_middleware.insert(0, Middleware(middleware_class))
-        app.middleware_stack = None
-
-    script_callbacks.on_app_started(add)
-
-
-def stealth_infotext_mode() -> str:
-    """modules/stealth_infotext.py add_stealth_pnginfo (called by modules/images.py save_image when
-    opts.enable_pnginfo): "Alpha" writes the infotext into the alpha channel, "RGB" into the colour (and fails on
-    RGBA images), "None" does nothing. Forge versions without it read as "None"."""
-    from modules.shared import opts
-    if not getattr(opts, "enable_pnginfo", True):
-        return "None"
-    return str(opts.data.get("stealth_pnginfo_option", "Alpha" if _has_stealth_infotext() else "None"))
-
-
-def _has_stealth_infotext() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("modules.stealth_infotext") is not None
 
 
 def record_vae_decodes(p, sink: list) -> None:

@@ -1,0 +1,153 @@
+"""The WebUI layer both Forge generations share (`modules/`: processing, scripts, options, callbacks, images,
+the API app), so both bridges serve it from one place. Nothing here touches the diffusion backend.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from modules import paths  # modules/paths.py: models_path honours --models-dir
+
+from ..errors import LayerDiffuseError
+from ..methods import BaseModel
+
+log = logging.getLogger(__name__)
+
+
+def default_models_folder() -> str:
+    """models/layer_model under modules/paths.py models_path (which honours --models-dir): where the original
+    extension put its downloads."""
+    return os.path.join(paths.models_path, "layer_model")
+
+
+def base_model(sd_model) -> BaseModel | None:
+    """The WebUI model flags is_sdxl / is_sd1 (set by backend/diffusion_engine/{sdxl,sd15}.py in the current
+    generation, by modules/sd_models.py in the older one)."""
+    if getattr(sd_model, "is_sdxl", False):
+        return BaseModel.SDXL
+    if getattr(sd_model, "is_sd1", False):
+        return BaseModel.SD15
+    return None
+
+
+def fail_before_sampling(p, error: LayerDiffuseError) -> None:
+    """Stop this generation with `error` before anything is sampled.
+
+    Forge's ScriptRunner (modules/scripts.py) catches every exception a script hook raises and carries on, which
+    would give the user a plain image as if all were fine. `p.sample` (modules/processing.py process_images_inner)
+    is called outside those guards, so this request's own `sample` raises the error instead: the UI shows the
+    message and the API answers with it (modules/api/api.py handle_exception reads status_code and detail).
+    """
+    def sample(*args, **kwargs):
+        raise error
+
+    p.sample = sample
+
+
+def tell_user(p, message: str) -> None:
+    """A note shown under the results in the UI and returned in the API's info (StableDiffusionProcessing.comment),
+    and logged."""
+    log.warning("%s", message)
+    p.comment(message)
+
+
+def vae_encode_is_full() -> bool:
+    """modules/shared opts.sd_vae_encode_method: 'Full' uses the real VAE (which takes a regulation); 'TAESD'
+    does not."""
+    from modules.shared import opts
+    return getattr(opts, "sd_vae_encode_method", "Full") == "Full"
+
+
+def output_format() -> str:
+    """modules/shared.py opts.samples_format: the file format Forge saves images in."""
+    from modules.shared import opts
+    return str(opts.samples_format).lower()
+
+
+def stealth_infotext_mode() -> str:
+    """modules/stealth_infotext.py add_stealth_pnginfo (called by modules/images.py save_image when
+    opts.enable_pnginfo): "Alpha" writes the infotext into the alpha channel, "RGB" into the colour (and fails on
+    RGBA images), "None" does nothing. Forge versions without it read as "None"."""
+    from modules.shared import opts
+    if not getattr(opts, "enable_pnginfo", True):
+        return "None"
+    return str(opts.data.get("stealth_pnginfo_option", "Alpha" if _has_stealth_infotext() else "None"))
+
+
+def _has_stealth_infotext() -> bool:
+    """Whether this Forge has modules/stealth_infotext.py at all."""
+    import importlib.util
+    return importlib.util.find_spec("modules.stealth_infotext") is not None
+
+
+def register_settings(options, section) -> None:
+    """Add LayerDiffuse's section to the Settings tab (modules/script_callbacks.py on_ui_settings,
+    modules/shared.py opts.add_option / OptionInfo)."""
+    import gradio as gr
+    from modules import script_callbacks, shared
+
+    def add_options():
+        for option in options:
+            if option.choices:
+                info = shared.OptionInfo(option.default, option.label, gr.Radio,
+                                         {"choices": list(option.choices)}, section=section)
+            else:
+                info = shared.OptionInfo(option.default, option.label, section=section)
+            shared.opts.add_option(option.key, info)
+
+    script_callbacks.on_ui_settings(add_options)
+
+
+def read_option(key: str, default):
+    """modules/shared.py opts: the saved value, or the default before the Settings tab ever saved one."""
+    from modules.shared import opts
+    return opts.data.get(key, default)
+
+
+def on_image_saving(callback) -> None:
+    """modules/script_callbacks.py on_before_image_saved: callback(image, p, filename) may return a new
+    filename (modules/images.py save_image then saves there)."""
+    from modules import script_callbacks
+
+    def before_saved(params):
+        new_name = callback(params.image, params.p, params.filename)
+        if new_name:
+            params.filename = new_name
+
+    script_callbacks.on_before_image_saved(before_saved)
+
+
+def on_image_saved(callback) -> None:
+    """modules/script_callbacks.py on_image_saved: callback(image, p, filename) after the file is written."""
+    from modules import script_callbacks
+    script_callbacks.on_image_saved(lambda params: callback(params.image, params.p, params.filename))
+
+
+def save_extra_image(p, image, index: int, suffix: str, even_if_grid_only: bool = False) -> None:
+    """Save an additional image of this generation next to the others (modules/images.py save_image), if this
+    generation saves its images at all (StableDiffusionProcessing.save_samples).
+    even_if_grid_only: also when the user turned off "Always save all generated images" (opts.samples_save),
+    so that only grids would be saved; never when the request asked not to save (API save_images=false,
+    p.do_not_save_samples)."""
+    from modules import images
+    from modules.shared import opts
+    grid_only = not opts.samples_save and not getattr(p, "do_not_save_samples", False)
+    if not (p.save_samples() or (even_if_grid_only and grid_only)):
+        return
+    position = index % len(p.seeds) if getattr(p, "seeds", None) else 0
+    images.save_image(image, p.outpath_samples, "", p.seeds[position], p.prompts[position], opts.samples_format,
+                      p=p, suffix=suffix)
+
+
+def install_api_middleware(middleware_class) -> None:
+    """Put an ASGI middleware in front of Forge's API when the app starts (modules/script_callbacks.py
+    on_app_started; added to app.user_middleware as modules/initialize_util.py setup_middleware does, and the
+    stack rebuilt on the next request)."""
+    from modules import script_callbacks
+    from starlette.middleware import Middleware
+
+    def add(_demo, app):
+        app.user_middleware.insert(0, Middleware(middleware_class))
+        app.middleware_stack = None  # starlette builds the stack again, with this middleware, on the next request
+
+    script_callbacks.on_app_started(add)
