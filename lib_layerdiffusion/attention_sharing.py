@@ -351,12 +351,15 @@ class AttentionSharingModel(nn.Module):
         self.load_state_dict(state_dict, strict=True, assign=assign)
 
 
-def sd15_attention_modules(diffusion_model: nn.Module) -> list[nn.Module]:
-    """The 32 attention modules of an SD1.5 UNet (ldm/Forge layout), in file order."""
+def sd15_attention_modules(diffusion_model: nn.Module,
+                           names: Sequence[str] = SD15_ATTENTION_LAYER_NAMES) -> list[nn.Module]:
+    """The UNet's own attention modules at `names` (default: the 32 of SD1.5, ldm/Forge layout, in file order).
+    A unit still patched into a shared model (by an earlier generation) gives back the module it wraps."""
     try:
-        return [diffusion_model.get_submodule(name) for name in SD15_ATTENTION_LAYER_NAMES]
+        modules = [diffusion_model.get_submodule(name) for name in names]
     except AttributeError as e:
         raise InvalidArgumentError(f"[LayerDiffuse] the UNet is not SD1.5-shaped: {e}") from None
+    return [getattr(m, "original", m) for m in modules]  # a unit (or any wrapper) exposes what it wraps
 
 
 def check_layout(

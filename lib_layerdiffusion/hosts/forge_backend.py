@@ -14,6 +14,7 @@ import torch
 from backend import memory_management  # backend/memory_management.py
 from backend.sampling.sampling_function import sampling_prepare  # backend/sampling/sampling_function.py
 
+from ..attention_sharing import sd15_attention_modules
 from ..errors import LayerDiffuseError, ModelFileError
 from .webui import (  # noqa: F401  (part of this bridge's interface)
     base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
@@ -129,14 +130,9 @@ def fail_sampling(p, error: LayerDiffuseError) -> None:
 
 
 def attention_modules(unet, names: tuple[str, ...]) -> list:
-    """The UNet's own attention modules at `names` (of backend/nn/unet.py's UNet). If a previous generation's
-    LayerDiffuse units are still patched into the shared model, the modules they wrap are returned."""
-    diffusion_model = unet.model.diffusion_model
-    found = []
-    for name in names:
-        module = diffusion_model.get_submodule(name)
-        found.append(getattr(module, "original", module))
-    return found
+    """The UNet's own attention modules at `names` (of backend/nn/unet.py's UNet, the KModel's diffusion_model);
+    units an earlier generation left patched in are unwrapped."""
+    return sd15_attention_modules(unet.model.diffusion_model, names)
 
 
 def replace_modules(unet, modules: dict) -> None:

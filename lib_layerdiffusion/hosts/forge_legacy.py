@@ -23,6 +23,7 @@ import torch
 from ldm_patched.modules import model_management  # ldm_patched/modules/model_management.py
 from modules_forge.forge_sampler import sampling_prepare  # modules_forge/forge_sampler.py
 
+from ..attention_sharing import sd15_attention_modules
 from ..errors import LayerDiffuseError, ModelFileError
 from .webui import (  # noqa: F401  (part of this bridge's interface)
     base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
@@ -184,12 +185,7 @@ def attention_modules(unet, names: tuple[str, ...]) -> list:
     unload_clones = getattr(model_management, "unload_model_clones", None)
     if unload_clones is not None:
         unload_clones(unet)
-    diffusion_model = unet.model.diffusion_model
-    found = []
-    for name in names:
-        module = diffusion_model.get_submodule(name)
-        found.append(getattr(module, "original", module))
-    return found
+    return sd15_attention_modules(unet.model.diffusion_model, names)
 
 
 def replace_modules(unet, modules: dict) -> None:
