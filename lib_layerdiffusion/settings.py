@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .errors import InvalidArgumentError
 
 SECTION = ("layerdiffuse", "LayerDiffuse")
@@ -77,3 +79,16 @@ class Settings:
         if on_gpu and self.decoder_precision != "Automatic":
             fields["layerdiffusion_decoder_precision"] = self.decoder_precision
         return fields
+
+
+_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def decoder_dtype(device: torch.device, precision: str, host_prefers_fp16) -> torch.dtype:
+    """The transparent VAE's dtype: fp32 on the CPU; on a GPU the precision chosen in Settings, or for
+    "Automatic" the host's own choice (`host_prefers_fp16(device)`, e.g. Forge's should_use_fp16)."""
+    if device.type == "cpu":
+        return torch.float32
+    if precision in _PRECISION_DTYPES:
+        return _PRECISION_DTYPES[precision]
+    return torch.float16 if host_prefers_fp16(device) else torch.float32

@@ -168,3 +168,14 @@ def test_infotext_round_trip_for_every_method(method):
     assert infotext_fields(again) == infotext_fields(args)
     for legacy in method.legacy_values:
         assert readers["method"](parse_infotext_line(line.replace(method.value, legacy))) == method.value
+
+
+def test_decoder_dtype_from_the_precision_setting():
+    import torch
+    from lib_layerdiffusion.settings import decoder_dtype
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert decoder_dtype(cpu, "fp16", lambda d: True) is torch.float32  # the CPU always decodes in fp32
+    assert decoder_dtype(gpu, "bf16", lambda d: True) is torch.bfloat16
+    assert decoder_dtype(gpu, "fp32", lambda d: True) is torch.float32
+    assert decoder_dtype(gpu, "Automatic", lambda d: True) is torch.float16
+    assert decoder_dtype(gpu, "Automatic", lambda d: False) is torch.float32

@@ -16,6 +16,7 @@ from backend.sampling.sampling_function import sampling_prepare  # backend/sampl
 
 from ..attention_sharing import sd15_attention_modules
 from ..errors import LayerDiffuseError, ModelFileError
+from ..settings import decoder_dtype
 from .webui import (  # noqa: F401  (part of this bridge's interface)
     base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
     on_image_saving, output_format, read_option, register_settings, save_extra_image, stealth_infotext_mode,
@@ -27,18 +28,11 @@ log = logging.getLogger(__name__)
 NAME = "Forge (backend)"
 
 
-_PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
 def compute_device_and_dtype(precision: str = "Automatic") -> tuple[torch.device, torch.dtype]:
     """Where the transparent VAE runs: memory_management.get_torch_device; on a GPU the precision set in
     Settings, or Forge's own choice (should_use_fp16); always fp32 on the CPU."""
     device = memory_management.get_torch_device()
-    if device.type == "cpu":
-        return device, torch.float32
-    if precision in _PRECISIONS:
-        return device, _PRECISIONS[precision]
-    return device, torch.float16 if memory_management.should_use_fp16(device) else torch.float32
+    return device, decoder_dtype(device, precision, memory_management.should_use_fp16)
 
 
 def clone_unet(p):
