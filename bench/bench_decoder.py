@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from seeded_weights import seeded_state_dict
 
-from lib_layerdiffusion.transparent_vae import AUGMENTATIONS, load_transparent_decoder
+from lib_layerdiffusion.networks.transparent_vae import AUGMENTATIONS, load_transparent_decoder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

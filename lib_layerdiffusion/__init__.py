@@ -9,8 +9,8 @@ runs without torch.
 import importlib
 
 _PUBLIC = {
-    "load_transparent_decoder": "transparent_vae", "load_transparent_encoder": "transparent_vae",
-    "TransparentDecoder": "transparent_vae", "TransparentEncoder": "transparent_vae",
+    "load_transparent_decoder": "networks.transparent_vae", "load_transparent_encoder": "networks.transparent_vae",
+    "TransparentDecoder": "networks.transparent_vae", "TransparentEncoder": "networks.transparent_vae",
     "LayerDiffuseError": "errors", "ModelFileError": "errors", "InvalidArgumentError": "errors",
     "UnsupportedModelError": "errors",
 }

@@ -17,20 +17,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .args import LayerDiffuseArgs
-from .attention_sharing import (COND_OVERWRITE_KEY, SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
+from .request.args import LayerDiffuseArgs
+from .networks.attention_sharing import (COND_OVERWRITE_KEY, SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
                                 build_attention_sharing)
-from . import layer_export
-from .conditioning_images import conditioning_image, to_pil
+from .images import layer_export
+from .images.conditioning_images import conditioning_image, to_pil
 from .errors import LayerDiffuseError, ModelFileError
-from .infotext import infotext_fields
-from .methods import LAYER_LABELS, PatchKind
-from .model_store import ModelStore, model_file
-from .img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
-from .outputs import checkerboard_preview_of, rgba_image
-from .transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
-from .settings import Settings
-from .validation import check_request
+from .request.infotext import infotext_fields
+from .request.methods import LAYER_LABELS, PatchKind
+from .networks.model_store import ModelStore, model_file
+from .images.img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
+from .images.outputs import checkerboard_preview_of, rgba_image
+from .networks.transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
+from .request.settings import Settings
+from .request.validation import check_request
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ import logging
 from modules import scripts  # modules/scripts.py
 
 from lib_layerdiffusion import generation
-from lib_layerdiffusion.api_named_args import NamedArgsMiddleware
-from lib_layerdiffusion.args import ARG_NAMES
+from lib_layerdiffusion.request.api_named_args import NamedArgsMiddleware
+from lib_layerdiffusion.request.args import ARG_NAMES
 from lib_layerdiffusion.errors import LayerDiffuseError
 from lib_layerdiffusion.hosts import load_bridge
-from lib_layerdiffusion.infotext import paste_readers
-from lib_layerdiffusion.model_store import ModelStore
-from lib_layerdiffusion.settings import OPTIONS, SECTION, Settings
-from lib_layerdiffusion.ui import TITLE, build_ui
+from lib_layerdiffusion.request.infotext import paste_readers
+from lib_layerdiffusion.networks.model_store import ModelStore
+from lib_layerdiffusion.request.settings import OPTIONS, SECTION, Settings
+from lib_layerdiffusion.request.ui import TITLE, build_ui
 
 log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()

@@ -1,5 +1,5 @@
 """Extras tab (single image, batch, and the API's extra-single-image / extra-batch-images): upscaling an RGBA
-PNG keeps its transparency. Thin: the work is in lib_layerdiffusion.alpha_upscale.
+PNG keeps its transparency. Thin: the work is in lib_layerdiffusion.images.alpha_upscale.
 
 Forge (modules/scripts_postprocessing.py ScriptPostprocessingRunner.run) calls every script's process_firstpass,
 then every script's process, in `order`. This one comes after the upscalers: in process_firstpass it takes the
@@ -7,7 +7,7 @@ alpha off (so any upscaler gets RGB), in process it puts the alpha back at the f
 """
 from modules import scripts_postprocessing, shared  # modules/scripts_postprocessing.py, modules/shared.py
 
-from lib_layerdiffusion.alpha_upscale import restore_alpha, split_alpha
+from lib_layerdiffusion.images.alpha_upscale import restore_alpha, split_alpha
 
 _ALPHA = "_layerdiffuse_alpha"
 

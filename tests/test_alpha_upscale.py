@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_layerdiffusion.alpha_upscale import fit_alpha, restore_alpha, split_alpha
+from lib_layerdiffusion.images.alpha_upscale import fit_alpha, restore_alpha, split_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from lib_layerdiffusion.api_named_args import NamedArgsMiddleware, rewrite_body
-from lib_layerdiffusion.args import LayerDiffuseArgs
+from lib_layerdiffusion.request.api_named_args import NamedArgsMiddleware, rewrite_body
+from lib_layerdiffusion.request.args import LayerDiffuseArgs
 
 
 async def txt2img(request: Request):

@@ -4,13 +4,13 @@ import io
 import pytest
 from PIL import Image
 
-from lib_layerdiffusion.args import ARG_NAMES, LayerDiffuseArgs
+from lib_layerdiffusion.request.args import ARG_NAMES, LayerDiffuseArgs
 from lib_layerdiffusion.errors import InvalidArgumentError, UnsupportedModelError
-from lib_layerdiffusion.infotext import infotext_fields, paste_readers
-from lib_layerdiffusion.methods import (DEFAULT_METHOD, METHOD_VALUES, METHODS, BaseModel, Layer, PatchKind,
+from lib_layerdiffusion.request.infotext import infotext_fields, paste_readers
+from lib_layerdiffusion.request.methods import (DEFAULT_METHOD, METHOD_VALUES, METHODS, BaseModel, Layer, PatchKind,
                                         method_by_name)
-from lib_layerdiffusion.model_store import MODEL_FILES
-from lib_layerdiffusion.validation import check_request
+from lib_layerdiffusion.networks.model_store import MODEL_FILES
+from lib_layerdiffusion.request.validation import check_request
 
 SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
 FG2BLE = "(SDXL) From Foreground to Blending"
@@ -150,7 +150,7 @@ def parse_infotext_line(line: str) -> dict:
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.value)
 def test_infotext_round_trip_for_every_method(method):
-    from lib_layerdiffusion.methods import Layer as L
+    from lib_layerdiffusion.request.methods import Layer as L
     images = {f"{l.value}_image": png_b64() for l in method.inputs}
     prompts = {f"{l.value}_additional_prompt": f"extra {l.value}" for l in method.prompts}
     args = LayerDiffuseArgs.from_script_args({"enabled": True, "method": method.value, "weight": 0.5,
@@ -172,7 +172,7 @@ def test_infotext_round_trip_for_every_method(method):
 
 def test_decoder_dtype_from_the_precision_setting():
     import torch
-    from lib_layerdiffusion.settings import decoder_dtype
+    from lib_layerdiffusion.request.settings import decoder_dtype
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert decoder_dtype(cpu, "fp16", lambda d: True) is torch.float32  # the CPU always decodes in fp32
     assert decoder_dtype(gpu, "bf16", lambda d: True) is torch.bfloat16

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from seeded_weights import seeded_array
 from torch import nn
 
-from lib_layerdiffusion.attention_sharing import (
+from lib_layerdiffusion.networks.attention_sharing import (
     SD15_ATTENTION_LAYER_NAMES,
     SD15_CONFIGS,
     AttentionSharingConfig,

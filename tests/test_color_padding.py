@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib_layerdiffusion.color_padding import pad_rgb
+from lib_layerdiffusion.images.color_padding import pad_rgb
 from lib_layerdiffusion.errors import InvalidArgumentError
 
 FIXTURES = Path(__file__).parent / "fixtures"

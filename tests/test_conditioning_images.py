@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_layerdiffusion.conditioning_images import (ResizeMode, conditioning_image, decode_base64_image,
+from lib_layerdiffusion.images.conditioning_images import (ResizeMode, conditioning_image, decode_base64_image,
                                                     flatten_over_grey, resize_image, to_pil, to_rgba_array)
 from lib_layerdiffusion.errors import InvalidArgumentError
 

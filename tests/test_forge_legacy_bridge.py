@@ -352,7 +352,7 @@ def test_failures_stop_the_generation_with_the_error(bridge):
 # --- img2img --------------------------------------------------------------------------------------------------
 
 def test_vae_regulation_rides_on_a_vae_clone(bridge):
-    from lib_layerdiffusion.img2img import regulation_with_offsets
+    from lib_layerdiffusion.images.img2img import regulation_with_offsets
     p = make_p()
     shared = p.sd_model.forge_objects.vae
     offsets = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -371,7 +371,7 @@ def test_a_vae_without_regulation_is_left_alone(bridge, caplog):
     """Forge before e26abf87 and reForge today: first_stage_model.encode takes no regulation."""
     from ldm_patched.ldm.models.autoencoder import AutoencoderKLWithoutRegulation
     from ldm_patched.modules.sd import VAE
-    from lib_layerdiffusion.img2img import regulation_with_offsets
+    from lib_layerdiffusion.images.img2img import regulation_with_offsets
     p = make_p()
     vae = p.sd_model.forge_objects.vae = VAE(AutoencoderKLWithoutRegulation())
     calls = []
@@ -404,7 +404,7 @@ def test_resize_keeps_alpha_with_and_without_force_rgba(bridge, monkeypatch):
 # --- settings, saving and the API -----------------------------------------------------------------------------
 
 def test_settings_callbacks_and_options_through_the_webui_modules(bridge, tmp_path):
-    from lib_layerdiffusion.settings import OPTIONS, SECTION
+    from lib_layerdiffusion.request.settings import OPTIONS, SECTION
     from modules import images, paths, script_callbacks
     from modules.shared import opts
     bridge.register_settings(OPTIONS, SECTION)
@@ -449,7 +449,7 @@ def test_settings_callbacks_and_options_through_the_webui_modules(bridge, tmp_pa
 @pytest.fixture(scope="module")
 def script(env):
     """scripts/layerdiffuse.py loaded in the legacy fake, with its model files in the fake's models folder."""
-    from lib_layerdiffusion.attention_sharing import (SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
+    from lib_layerdiffusion.networks.attention_sharing import (SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
                                                       AttentionSharingModel, sd15_attention_modules)
     from ldm_patched.modules.model_base import BaseModel
     from modules import paths
@@ -523,7 +523,7 @@ def test_script_img2img_offsets_through_the_legacy_vae(script, bridge):
 
 
 def test_script_sd15_joint_through_the_legacy_bridge(script, bridge):
-    from lib_layerdiffusion.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
+    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
     p = make_p(is_sdxl=False, batch_size=3, attention_names=SD15_ATTENTION_LAYER_NAMES)
     args = script_args(JOINT, prompts=("glass", "", "on a table"))
     noise = torch.zeros(3, 4, 8, 8)

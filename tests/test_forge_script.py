@@ -253,7 +253,7 @@ def img2img_p(init_images, batch_size=1, mask=None):
 
 
 def test_img2img_offsets_ride_on_a_vae_clone_per_image(script):
-    from lib_layerdiffusion.img2img import InitTransparency
+    from lib_layerdiffusion.images.img2img import InitTransparency
     a, b = transparent_disc(centre=(20, 24)), transparent_disc(centre=(44, 40))
     p = img2img_p([a, b], batch_size=2)
     shared_vae = p.sd_model.forge_objects.vae
@@ -274,7 +274,7 @@ def test_img2img_offsets_ride_on_a_vae_clone_per_image(script):
     init = p.layerdiffuse_init
     assert isinstance(init, InitTransparency) and init.regulation_calls == [1, 1]
     # the offset is the encoder's, for each image's own alpha
-    from lib_layerdiffusion.transparent_vae import load_transparent_encoder
+    from lib_layerdiffusion.networks.transparent_vae import load_transparent_encoder
     from seeded_weights import seeded_state_dict
     encoder = load_transparent_encoder(seeded_state_dict("transparent_encoder"))
     torch.testing.assert_close(offset[1:], encoder.encode(np.asarray(b)), atol=1e-4, rtol=1e-4)
@@ -322,7 +322,7 @@ def test_output_original_mat_adds_the_flattened_input(script):
 def sd15_files(models_dir):
     """Attention-sharing files shaped for the tiny SD1.5 UNet, in the published key layout."""
     from backend.patcher.unet import FakeSD15KModel
-    from lib_layerdiffusion.attention_sharing import (SD15_CONFIGS, AttentionSharingModel,
+    from lib_layerdiffusion.networks.attention_sharing import (SD15_CONFIGS, AttentionSharingModel,
                                                       sd15_attention_modules)
     layer = models_dir / "layer_model"
     modules = sd15_attention_modules(FakeSD15KModel().diffusion_model)
@@ -348,7 +348,7 @@ def sd15_args(method, fg=None, prompts=("", "", "")):
 
 
 def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_files):
-    from lib_layerdiffusion.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
+    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
     from modules.scripts import PostprocessImageArgs
     p = make_p(is_sdxl=False, batch_size=6, sd15_unet=True)
     shared = p.sd_model.forge_objects.unet
@@ -444,7 +444,7 @@ def test_settings_are_registered_in_their_section(script):
     from modules.shared import opts
     for callback in script_callbacks.callbacks["ui_settings"]:
         callback()
-    from lib_layerdiffusion.settings import OPTIONS
+    from lib_layerdiffusion.request.settings import OPTIONS
     for option in OPTIONS:
         info = opts.data_labels[option.key]
         assert info.section == ("layerdiffuse", "LayerDiffuse") and info.label == option.label
@@ -475,7 +475,7 @@ def test_model_folder_setting_and_no_download(script, opts, tmp_path):
 
 
 def test_layer_files_are_named_and_grouped_in_a_layered_file(script, opts, tmp_path):
-    from lib_layerdiffusion.layered_file import read_ora
+    from lib_layerdiffusion.images.layered_file import read_ora
     opts.data["layerdiffuse_save_layered_file"] = True
     fg = transparent_disc()
     p = saving_p(tmp_path, batch_size=2)
@@ -494,7 +494,7 @@ def test_layer_files_are_named_and_grouped_in_a_layered_file(script, opts, tmp_p
 
 
 def test_transparent_image_layered_file_and_saved_preview(script, opts, tmp_path):
-    from lib_layerdiffusion.layered_file import read_ora
+    from lib_layerdiffusion.images.layered_file import read_ora
     opts.data["layerdiffuse_save_layered_file"] = True
     opts.data["layerdiffuse_save_preview"] = True
     p = saving_p(tmp_path)

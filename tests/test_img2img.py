@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_layerdiffusion.img2img import (aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets,
+from lib_layerdiffusion.images.img2img import (aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets,
                                         uncrop)
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_forge"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_layerdiffusion import layered_file
-from lib_layerdiffusion.layered_file import (Layer, group_layers, read_ora, transparent_image_layers,
+from lib_layerdiffusion.images import layered_file
+from lib_layerdiffusion.images.layered_file import (Layer, group_layers, read_ora, transparent_image_layers,
                                              write_ora)
 
 W, H = 96, 70
@@ -248,7 +248,7 @@ def test_transparent_image_layers():
     assert np.all(board[69, 149] == 140) and np.all(board[69, 128] == 140)  # edge squares cut, not stretched
     # the same greys as the preview checkerboard of outputs.py
     pytest.importorskip("torch")
-    from lib_layerdiffusion.outputs import _to_uint8, checkerboard
+    from lib_layerdiffusion.images.outputs import _to_uint8, checkerboard
     assert np.array_equal(board[..., 0], _to_uint8(checkerboard(70, 150))[..., 0])
     # numpy arrays and other modes are accepted
     _, from_array = transparent_image_layers(np.asarray(rgba))

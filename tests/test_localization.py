@@ -12,9 +12,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lib_layerdiffusion.conditioning_images import RESIZE_MODE_VALUES
-from lib_layerdiffusion.methods import METHOD_VALUES
-from lib_layerdiffusion.ui import TITLE, build_ui
+from lib_layerdiffusion.images.conditioning_images import RESIZE_MODE_VALUES
+from lib_layerdiffusion.request.methods import METHOD_VALUES
+from lib_layerdiffusion.request.ui import TITLE, build_ui
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCALIZATION = ROOT / "localizations" / "zh_CN.json"

@@ -1,4 +1,4 @@
-"""Tests of lib_layerdiffusion.model_store against a fake Hugging Face hub on 127.0.0.1 (tests/fake_hub.py).
+"""Tests of lib_layerdiffusion.networks.model_store against a fake Hugging Face hub on 127.0.0.1 (tests/fake_hub.py).
 
 Nothing here reaches the internet: HF_ENDPOINT always points at 127.0.0.1 (the fake hub, or a port nobody
 listens on), proxies are off for 127.0.0.1, and HF_HOME / the hub cache are in tmp_path.
@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lib_layerdiffusion import model_store
+from lib_layerdiffusion.networks import model_store
 from lib_layerdiffusion.errors import ModelFileError
-from lib_layerdiffusion.model_store import MODEL_FILES, ModelFile, ModelStore, model_url
+from lib_layerdiffusion.networks.model_store import MODEL_FILES, ModelFile, ModelStore, model_url
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
     from tests.fake_hub import FakeHub, free_port

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_layerdiffusion.errors import InvalidArgumentError
-from lib_layerdiffusion.outputs import checkerboard, checkerboard_preview, rgba_image
+from lib_layerdiffusion.images.outputs import checkerboard, checkerboard_preview, rgba_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from lib_layerdiffusion.errors import InvalidArgumentError, ModelFileError
-from lib_layerdiffusion.transparent_decoder_net import GroupNorm
-from lib_layerdiffusion.transparent_vae import (
+from lib_layerdiffusion.networks.transparent_decoder_net import GroupNorm
+from lib_layerdiffusion.networks.transparent_vae import (
     AUGMENTATIONS,
     load_transparent_decoder,
     load_transparent_encoder,
@@ -361,8 +361,8 @@ def test_encoder_refuses_bad_images(encoder_state):
 
 def test_package_has_no_host_or_diffusers_import():
     package = Path(__file__).resolve().parent.parent / "lib_layerdiffusion"
-    for name in ("transparent_vae.py", "transparent_decoder_net.py", "offset_encoder_net.py",
-                 "color_padding.py", "outputs.py"):
+    for name in ("networks/transparent_vae.py", "networks/transparent_decoder_net.py",
+                 "networks/offset_encoder_net.py", "images/color_padding.py", "images/outputs.py"):
         tree = ast.parse((package / name).read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

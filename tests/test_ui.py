@@ -2,9 +2,9 @@
 import gradio as gr
 import pytest
 
-from lib_layerdiffusion.args import ARG_NAMES, LayerDiffuseArgs
-from lib_layerdiffusion.methods import METHODS, Layer
-from lib_layerdiffusion.ui import build_ui, visibility
+from lib_layerdiffusion.request.args import ARG_NAMES, LayerDiffuseArgs
+from lib_layerdiffusion.request.methods import METHODS, Layer
+from lib_layerdiffusion.request.ui import build_ui, visibility
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["txt2img", "img2img"])

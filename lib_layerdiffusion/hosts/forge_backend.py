@@ -14,9 +14,9 @@ import torch
 from backend import memory_management  # backend/memory_management.py
 from backend.sampling.sampling_function import sampling_prepare  # backend/sampling/sampling_function.py
 
-from ..attention_sharing import sd15_attention_modules
+from ..networks.attention_sharing import sd15_attention_modules
 from ..errors import LayerDiffuseError, ModelFileError
-from ..settings import decoder_dtype
+from ..request.settings import decoder_dtype
 from .webui import (  # noqa: F401  (part of this bridge's interface)
     base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
     on_image_saving, output_format, read_option, register_settings, save_extra_image, stealth_infotext_mode,

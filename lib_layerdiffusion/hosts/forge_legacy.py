@@ -23,9 +23,9 @@ import torch
 from ldm_patched.modules import model_management  # ldm_patched/modules/model_management.py
 from modules_forge.forge_sampler import sampling_prepare  # modules_forge/forge_sampler.py
 
-from ..attention_sharing import sd15_attention_modules
+from ..networks.attention_sharing import sd15_attention_modules
 from ..errors import LayerDiffuseError, ModelFileError
-from ..settings import decoder_dtype
+from ..request.settings import decoder_dtype
 from .webui import (  # noqa: F401  (part of this bridge's interface)
     base_model, default_models_folder, fail_before_sampling, install_api_middleware, on_image_saved,
     on_image_saving, output_format, read_option, register_settings, save_extra_image, stealth_infotext_mode,

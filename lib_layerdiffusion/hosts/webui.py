@@ -9,7 +9,7 @@ import os
 from modules import paths  # modules/paths.py: models_path honours --models-dir
 
 from ..errors import LayerDiffuseError
-from ..methods import BaseModel
+from ..request.methods import BaseModel
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from types import MappingProxyType
 
 import torch
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .safetensors_io import load_state_dict, read_header
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 CHECKER_SQUARE = 64
 # The two grey levels as the reference computes them (0.5 -/+ 0.05), rounded to float32 the same way.

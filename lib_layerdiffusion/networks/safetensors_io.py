@@ -12,7 +12,7 @@ import struct
 import torch
 from safetensors.torch import load_file
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 # A header larger than this is not a real header (the format itself caps it at 100 MB).
 _MAX_HEADER_BYTES = 100 * 1024 * 1024

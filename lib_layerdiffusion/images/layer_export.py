@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import layered_file as ora
 from .conditioning_images import resize_image, to_rgba_array
-from .methods import Layer, Method
+from ..request.methods import Layer, Method
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 
 class ResizeMode(str, enum.Enum):

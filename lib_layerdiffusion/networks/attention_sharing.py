@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InvalidArgumentError, ModelFileError
+from ..errors import InvalidArgumentError, ModelFileError
 from .safetensors_io import load_state_dict, read_header
 
 logger = logging.getLogger(__name__)

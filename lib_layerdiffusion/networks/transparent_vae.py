@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .color_padding import pad_rgb
-from .errors import InvalidArgumentError, ModelFileError
+from ..images.color_padding import pad_rgb
+from ..errors import InvalidArgumentError, ModelFileError
 from .offset_encoder_net import LatentOffsetEncoder
 from .safetensors_io import load_state_dict
 from .transparent_decoder_net import SIZE_MULTIPLE, TransparentDecoderUNet

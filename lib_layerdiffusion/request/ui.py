@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from .args import ARG_NAMES
-from .conditioning_images import DEFAULT_RESIZE_MODE, RESIZE_MODE_VALUES
+from ..images.conditioning_images import DEFAULT_RESIZE_MODE, RESIZE_MODE_VALUES
 from .methods import DEFAULT_METHOD, LAYER_LABELS, METHOD_VALUES, Layer, method_by_name
 
 TITLE = "LayerDiffuse"

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 SECTION = ("layerdiffuse", "LayerDiffuse")
 PASS_CHOICES = (1, 2, 4, 8)

@@ -5,7 +5,7 @@ Each failure names what the user should change.
 from __future__ import annotations
 
 from .args import LayerDiffuseArgs
-from .errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError, UnsupportedModelError
 from .methods import LAYER_LABELS, BaseModel
 
 

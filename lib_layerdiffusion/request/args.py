@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-from .conditioning_images import DEFAULT_RESIZE_MODE, ResizeMode, resize_mode_by_name, to_pil
-from .errors import InvalidArgumentError
+from ..images.conditioning_images import DEFAULT_RESIZE_MODE, ResizeMode, resize_mode_by_name, to_pil
+from ..errors import InvalidArgumentError
 from .methods import DEFAULT_METHOD, Layer, Method, method_by_name
 
 # the positional order of the UI components, which is the API contract

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .args import ARG_NAMES, LayerDiffuseArgs
-from .errors import LayerDiffuseError
+from ..errors import LayerDiffuseError
 from .methods import Layer, method_by_name
 
 PREFIX = "layerdiffusion_"

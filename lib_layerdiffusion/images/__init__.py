@@ -1,0 +1,1 @@
+"""Image handling: conditioning inputs, outputs and previews, img2img transparency, layered files, upscaling."""
