@@ -7,10 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from lib_layerdiffusion.images.img2img import (aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets,
-                                        uncrop)
+from lib_layerdiffusion.errors import InvalidArgumentError
+from lib_layerdiffusion.images.img2img import (aligned_rgba, cover_resize, generated_crop, grey_flattened, init_canvas,
+                                               keep_unmasked, native_encode_rgba, paste_inpaint_crop,
+                                               plain_decode_mats, regulation_with_offsets, uncrop)
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_forge"))
 from modules import images as forge_images  # noqa: E402  (the fake of modules/images.py)
@@ -43,18 +46,21 @@ def resize(mode, image, w, h):
     return forge_images.resize_image(mode, image.convert("RGBA"), w, h, force_RGBA=True)
 
 
-@pytest.mark.parametrize("resize_mode, crop_region, size", [
-    (0, None, (64, 64)), (1, None, (64, 64)), (2, None, (64, 64)), (1, None, (128, 48)), (2, None, (48, 128)),
-    (3, None, (64, 48)), (0, (8, 4, 60, 40), (64, 64)), (0, (0, 0, 96, 64), (96, 64)),
+@pytest.mark.parametrize("resize_mode, crop_region, size, init_size", [
+    (0, None, (64, 64), (96, 64)), (1, None, (64, 64), (96, 64)), (2, None, (64, 64), (96, 64)),
+    (1, None, (128, 48), (96, 64)), (2, None, (48, 128), (96, 64)), (3, None, (64, 48), (96, 64)),
+    (3, None, (64, 48), (100, 70)), (0, (8, 4, 60, 40), (64, 64), (96, 64)), (0, (0, 0, 96, 64), (96, 64), (96, 64)),
 ])
-def test_offset_input_lines_up_with_the_encoded_image(resize_mode, crop_region, size):
+def test_offset_input_lines_up_with_the_encoded_image(resize_mode, crop_region, size, init_size):
     width, height = size
-    init = shape_image()
+    init = shape_image(*init_size)
     encoded = forge_encoded_image(init, resize_mode, crop_region, width, height).astype(int)
-    if resize_mode == 3:  # latent upscale: Forge encodes at the original size, the latent is resized after
-        encoded = np.asarray(Image.fromarray(encoded.astype(np.uint8)).resize((width, height), Image.LANCZOS))
-    alpha = aligned_rgba(canvas_for(init, resize_mode, crop_region, width, height), crop_region, width, height,
-                         resize)[..., 3].astype(int)
+    canvas = init_canvas(init, resize_mode, crop_region, width, height, resize)
+    assert canvas.size == np.asarray(canvas_for(init, resize_mode, crop_region, width, height)).shape[1::-1]
+    alpha = aligned_rgba(canvas, crop_region, width, height, resize, resize_mode=resize_mode)[..., 3].astype(int)
+    if resize_mode == 3:  # latent upscale: Forge encodes at the init image's own size (whole latent cells)
+        width, height = init_size[0] // 8 * 8, init_size[1] // 8 * 8
+        encoded = encoded[:height, :width]
     assert alpha.shape == (height, width)
     # away from the shape's edge (resampling blurs a pixel or two there)
     solid = cv2.erode((alpha > 230).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
@@ -93,3 +99,120 @@ def test_uncrop_pastes_back_at_the_crop():
     crop = Image.new("RGBA", (16, 16), (9, 9, 9, 255))
     out = np.asarray(uncrop(crop, canvas, (10, 5, 8, 8)))
     assert out[5, 10, 3] == 255 and out[12, 17, 3] == 255 and out[4, 10, 3] == 0 and out[5, 18, 3] == 0
+
+
+# ---- grey level: A1111's flatten over (127, 127, 127) ------------------------------------------------------
+
+def test_grey_flattened_is_a1111_flatten_over_127():
+    arr = np.array([[[255, 0, 0, 0], [255, 0, 0, 255], [255, 0, 0, 128], [0, 0, 255, 64], [200, 100, 50, 1],
+                     [10, 20, 30, 254]]], np.uint8)
+    out = grey_flattened(Image.fromarray(arr, "RGBA"))
+    assert out.mode == "RGB"
+    assert np.asarray(out).tolist() == [[[127, 127, 127], [255, 0, 0], [191, 63, 63], [95, 95, 159],
+                                         [127, 127, 127], [10, 20, 30]]]
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (37, 23, 4), dtype=np.uint8), "RGBA")
+    assert np.array_equal(np.asarray(grey_flattened(noisy)), np.asarray(forge_images.flatten(noisy, (127, 127, 127))))
+    opaque = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), "RGB")
+    assert np.array_equal(np.asarray(grey_flattened(opaque)), np.asarray(opaque))
+    # a greyscale-with-alpha PNG keeps its transparency (flatten alone would drop it: it only handles RGBA)
+    la = Image.fromarray(np.array([[[255, 0], [0, 255]]], np.uint8), "LA")
+    assert np.asarray(grey_flattened(la)).tolist() == [[[127, 127, 127], [0, 0, 0]]]
+
+
+# ---- latent upscale: the offset from the init image's own size ---------------------------------------------
+
+def test_latent_upscale_encodes_the_init_image_at_its_own_size():
+    rng = np.random.default_rng(1)
+    init = Image.fromarray(rng.integers(0, 256, (70, 100, 4), dtype=np.uint8), "RGBA")
+    canvas = init_canvas(init, 3, None, 64, 48, resize)
+    assert canvas.size == (100, 70)  # not resized to the generation size
+    rgba = aligned_rgba(canvas, None, 64, 48, resize, resize_mode=3)
+    assert rgba.shape == (64, 96, 4) and np.array_equal(rgba, np.asarray(init)[:64, :96])
+    # other modes: resized to the generation size first
+    assert init_canvas(init, 0, None, 64, 48, resize).size == (64, 48)
+    assert aligned_rgba(init_canvas(init, 1, None, 64, 48, resize), None, 64, 48, resize, 1).shape == (48, 64, 4)
+    # an inpaint crop wins over latent upscale, as in Forge
+    assert init_canvas(init, 3, (0, 0, 50, 40), 64, 48, resize).size == (100, 70)
+    assert aligned_rgba(init, (0, 0, 50, 40), 64, 48, resize, resize_mode=3).shape == (48, 64, 4)
+    with pytest.raises(InvalidArgumentError, match="at least 8x8"):
+        native_encode_rgba(Image.new("RGBA", (7, 30)))
+
+
+def test_latent_upscale_offset_has_the_posterior_size_of_forges_vae():
+    # backend/nn/vae.py Downsample: pad (0, 1, 0, 1), 3x3 conv, stride 2 -> floor(H/2); three of them: floor(H/8)
+    x = torch.zeros(1, 1, 70, 100)
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2)
+    for _ in range(3):
+        x = conv(F.pad(x, (0, 1, 0, 1)))
+    rgba = aligned_rgba(Image.new("RGBA", (100, 70)), None, 64, 48, resize, resize_mode=3)
+    offset_hw = (rgba.shape[0] // 8, rgba.shape[1] // 8)
+    assert tuple(x.shape[2:]) == offset_hw == (8, 12)
+    offsets = torch.randn(1, 4, *offset_hw)
+    calls = []
+    z = regulation_with_offsets(offsets, calls)(SimpleNamespace(mean=torch.zeros(1, 4, 8, 12),
+                                                                std=torch.ones(1, 4, 8, 12)))
+    assert torch.equal(z, offsets)  # added as is, not resampled
+
+
+# ---- inpaint only masked: the decoded crop into the canvas ---------------------------------------------------
+
+def test_cover_resize_is_forges_mode_1():
+    rng = np.random.default_rng(2)
+    crop = Image.fromarray(rng.integers(0, 256, (48, 64, 4), dtype=np.uint8), "RGBA")
+    for w, h in [(30, 20), (20, 30), (32, 24), (64, 48), (100, 40)]:
+        ours = cover_resize(crop, w, h)
+        assert ours.size == (w, h)
+        assert np.array_equal(np.asarray(ours), np.asarray(forge_images.resize_image(1, crop, w, h, force_RGBA=True)))
+
+
+def test_paste_inpaint_crop_places_the_crop_and_keeps_the_unmasked_canvas():
+    rng = np.random.default_rng(3)
+    canvas = Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA")
+    decoded = Image.fromarray(rng.integers(0, 256, (12, 16, 4), dtype=np.uint8), "RGBA")  # generation size
+    paste_to = (10, 5, 8, 6)
+    mask = Image.new("L", canvas.size, 0)
+    mask.paste(255, (12, 6, 16, 10))  # repainted: inside the paste box
+    mask.putpixel((13, 10), 128)  # a soft edge pixel
+    out = np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, mask)).astype(int)
+    fitted = np.asarray(cover_resize(decoded, 8, 6)).astype(int)
+    original = np.asarray(canvas).astype(int)
+    m = np.asarray(mask)
+    assert out.shape == (30, 40, 4)
+    assert np.array_equal(out[m == 0], original[m == 0])  # colour and alpha, inside the box and out
+    assert np.array_equal(out[6:10, 12:16], fitted[1:5, 2:6])
+    expected = np.clip(fitted[5, 3] * (128 / 255) + original[10, 13] * (1 - 128 / 255) + 0.5, 0, 255).astype(int)
+    assert out[10, 13].tolist() == expected.tolist()
+    # the host's resize gives the same, and without a mask the whole box is the crop
+    assert np.array_equal(np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, mask, resize)), out)
+    unmasked = np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, None)).astype(int)
+    assert np.array_equal(unmasked[5:11, 10:18], fitted)
+    assert np.array_equal(unmasked[:5], original[:5])
+
+
+def test_generated_crop_depends_on_the_overlay():
+    crop = Image.new("RGB", (16, 12), (1, 2, 3))
+    assert generated_crop(crop, (10, 5, 8, 6), (16, 12), overlaid=False) is not crop
+    assert np.array_equal(np.asarray(generated_crop(crop, (10, 5, 8, 6), (16, 12), overlaid=False)), np.asarray(crop))
+    with pytest.raises(InvalidArgumentError, match="16x12"):
+        generated_crop(Image.new("RGB", (40, 30)), (10, 5, 8, 6), (16, 12), overlaid=False)
+    full = Image.new("RGB", (40, 30), (0, 0, 0))
+    full.paste((9, 9, 9), (10, 5, 18, 11))
+    out = generated_crop(full, (10, 5, 8, 6), (16, 12), overlaid=True)
+    assert out.size == (16, 12) and np.asarray(out).max() == 9 and np.asarray(out).min() == 9
+
+
+# ---- output original mat: the plain VAE decode, as the first version added it --------------------------------
+
+def test_plain_decode_mats_truncate_like_the_original():
+    values = torch.tensor([0.0, 0.5, 1.0, 0.9999, 1.2, -0.1, 0.25])
+    decoded = values.view(1, 1, -1, 1).expand(2, 1, 7, 3).clone()
+    decoded[1] = 1.0 - decoded[1]
+    mats = plain_decode_mats(decoded)
+    assert len(mats) == 2 and mats[0].dtype == np.uint8 and mats[0].shape == (1, 7, 3)
+    assert mats[0][0, :, 0].tolist() == [0, 127, 255, 254, 255, 0, 63]
+    assert mats[1][0, :, 1].tolist() == [255, 127, 0, 0, 0, 255, 191]
+    # cast to the decoder's float16 first, as on fp16 devices: 0.9999 rounds up to 1.0
+    assert plain_decode_mats(decoded, torch.float16)[0][0, :, 2].tolist() == [0, 127, 255, 255, 255, 0, 63]
+    with pytest.raises(InvalidArgumentError, match="B, H, W, 3"):
+        plain_decode_mats(torch.zeros(1, 3, 4, 4))

@@ -5,6 +5,19 @@ latent-transparency encoder's offset, added to the VAE's posterior (mean + std �
 Forge applies to the image it encodes (resize mode, the crop of "inpaint only masked") is applied to the RGBA
 too, so the offset lines up with the latent. After sampling, inpainting keeps the unmasked area of the input
 (colour and alpha) and pastes the decoded crop back into the full canvas.
+
+Facts of the hosts these functions follow (Forge `dfdcbab6`, the same in A1111):
+  * modules/images.py `flatten(img, bgcolor)`: an RGBA image is pasted, with its own alpha as the mask, onto an
+    opaque RGBA background of `bgcolor`, then converted to RGB. The original extension (b1e66511,
+    scripts/forge_layerdiffusion.py `before_process_init_images`) flattens the init image with
+    `images.flatten(image, (127, 127, 127))`; `grey_flattened` is exactly that.
+  * modules/processing.py `StableDiffusionProcessingImg2Img.init`: with resize mode 3 ("Just resize (latent
+    upscale)") and no inpaint crop the init image is encoded at its own size and the latent is resized to the
+    generation size afterwards; backend/patcher/vae.py `encode_inner` gives a floor(H/8)×floor(W/8) latent.
+  * modules/processing.py `apply_overlay(image, paste_loc, overlay)`: with overlay None (Settings →
+    "overlay_inpaint" off) it returns the image unchanged, so for "inpaint only masked" the generated image
+    (p.pixels_after_sampling[i]) is then the crop at the generation size; with the overlay it is the full canvas
+    (`uncrop`: `resize_image(1, crop, w, h)` pasted at (x, y), then the unmasked original alpha-composited).
 """
 from __future__ import annotations
 
@@ -16,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .conditioning_images import flatten_over_grey, to_rgba_array
+from ..errors import InvalidArgumentError
+from .conditioning_images import to_rgba_array
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +44,63 @@ class InitTransparency:
     regulation_calls: list  # rows encoded with the offset, appended by the regulation (empty: never applied)
 
 
+GREY_BACKGROUND = (127, 127, 127)  # the original's images.flatten(image, (127, 127, 127))
+LATENT_UPSCALE = 3  # Forge's img2img resize mode "Just resize (latent upscale)"
+LATENT_SCALE = 8  # pixels per latent cell of the SD / SDXL VAE
+
+
 def grey_flattened(image: Image.Image) -> Image.Image:
-    """The init image as the VAE should see it: transparent parts mid-grey, as LayerDiffuse was trained."""
-    rgb = flatten_over_grey(to_rgba_array(image))
-    return Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    """The init image as the original extension hands it to the VAE: exactly A1111/Forge modules/images.py
+    `flatten(image, (127, 127, 127))` (paste onto an opaque (127, 127, 127) background with the image's alpha as
+    the mask, to RGB), so a transparent pixel is 127 and a half-transparent one PIL's rounded blend. Any mode is
+    made RGBA first (16-bit greyscale scaled, a palette's or LA's transparency kept), where flatten would drop
+    the transparency of a non-RGBA image."""
+    rgba = Image.fromarray(to_rgba_array(image), "RGBA")
+    background = Image.new("RGBA", rgba.size, GREY_BACKGROUND)
+    background.paste(rgba, mask=rgba)
+    return background.convert("RGB")
 
 
-def aligned_rgba(canvas: Image.Image, crop_region, width: int, height: int, resize) -> np.ndarray:
-    """The RGBA pixels exactly where Forge's encoded image has them: the crop of "inpaint only masked" resized
-    with Forge's "resize and fill", else the canvas (already at the generation size) — always width×height.
-    `resize(mode, image, width, height)` is the host's resize (Forge: modules/images.py resize_image)."""
+def init_canvas(image: Image.Image, resize_mode: int, crop_region, width: int, height: int, resize) -> Image.Image:
+    """The init image's RGBA on Forge's canvas, as modules/processing.py StableDiffusionProcessingImg2Img.init
+    places the flattened image before encoding: resized by the resize mode to width×height, except for an
+    inpaint crop (the full image; the crop is taken later) and for latent upscale (the image at its own size).
+    `resize(mode, image, width, height)` is the host's resize (Forge: modules/images.py resize_image with
+    force_RGBA)."""
+    image = Image.fromarray(to_rgba_array(image), "RGBA")
+    if crop_region is None and resize_mode != LATENT_UPSCALE:
+        return Image.fromarray(to_rgba_array(resize(resize_mode, image, width, height)), "RGBA")
+    return image
+
+
+def aligned_rgba(canvas: Image.Image, crop_region, width: int, height: int, resize,
+                 resize_mode: int | None = None) -> np.ndarray:
+    """The RGBA pixels exactly where Forge's encoded image has them, i.e. what the transparency encoder must be
+    given for `canvas` (from `init_canvas`):
+      * inpaint only masked: the crop resized with Forge's "resize and fill" (mode 2) to width×height;
+      * latent upscale (resize_mode 3, no crop): the image at its own size, as Forge encodes it, cut at the right
+        and bottom to whole latent cells (Forge's VAE makes a floor(H/8)×floor(W/8) latent, cell (i, j) from the
+        8×8 pixels at (8i, 8j)), so the offset has the posterior's size and is not resampled;
+      * otherwise the canvas, already width×height (resized with mode 0 if not).
+    Without `resize_mode` (the former signature) a canvas of another size is resized to width×height."""
     if crop_region is not None:
         canvas = resize(2, canvas.crop(crop_region), width, height)
+    elif resize_mode == LATENT_UPSCALE:
+        return native_encode_rgba(canvas)
     elif canvas.size != (width, height):
         canvas = resize(0, canvas, width, height)
     return to_rgba_array(canvas)
+
+
+def native_encode_rgba(image: Image.Image) -> np.ndarray:
+    """Latent upscale: the RGBA at the image's own size, cut to whole latent cells at the right and bottom."""
+    rgba = to_rgba_array(image)
+    h, w = (rgba.shape[0] // LATENT_SCALE) * LATENT_SCALE, (rgba.shape[1] // LATENT_SCALE) * LATENT_SCALE
+    if h == 0 or w == 0:
+        raise InvalidArgumentError(
+            f"[LayerDiffuse] The init image is {rgba.shape[1]}x{rgba.shape[0]}: with the latent upscale resize "
+            f"mode it is encoded at its own size, which must be at least 8x8.")
+    return np.ascontiguousarray(rgba[:h, :w])
 
 
 def regulation_with_offsets(offsets: torch.Tensor, calls: list):
@@ -78,9 +134,71 @@ def keep_unmasked(result: Image.Image, original: Image.Image, mask: Image.Image 
     return Image.fromarray(np.clip(a * m + b * (1.0 - m) + 0.5, 0, 255).astype(np.uint8), "RGBA")
 
 
-def uncrop(decoded: Image.Image, canvas: Image.Image, paste_box: tuple[int, int, int, int]) -> Image.Image:
-    """Put a decoded crop (RGBA at the generation size) back at `paste_box` (x, y, w, h) of the canvas."""
+def uncrop(decoded: Image.Image, canvas: Image.Image, paste_box: tuple[int, int, int, int], resize=None
+           ) -> Image.Image:
+    """Put a decoded crop (RGBA at the generation size) back at `paste_box` (x, y, w, h) of the canvas, fitted to
+    w×h as Forge's modules/processing.py `uncrop` does (resize_image mode 1, "crop and resize"; Lanczos, the
+    alpha resampled with the colour). `resize(mode, image, w, h)`: the host's resize; default a pure copy of
+    modules/images.py resize_image(1, image, w, h, force_RGBA=True)."""
     x, y, w, h = paste_box
-    full = canvas.convert("RGBA").copy()
-    full.paste(decoded.resize((w, h), Image.LANCZOS), (x, y))
+    decoded = Image.fromarray(to_rgba_array(decoded), "RGBA")
+    fitted = resize(1, decoded, w, h) if resize is not None else cover_resize(decoded, w, h)
+    full = Image.fromarray(to_rgba_array(canvas), "RGBA")
+    full.paste(Image.fromarray(to_rgba_array(fitted), "RGBA"), (x, y))
     return full
+
+
+def cover_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """modules/images.py resize_image(1, image, width, height, force_RGBA=True): scale to cover width×height
+    (integer sizes as Forge computes them), Lanczos, centred on a transparent RGBA canvas of that size."""
+    ratio, src_ratio = width / height, image.width / image.height
+    src_w = width if ratio > src_ratio else image.width * height // image.height
+    src_h = height if ratio <= src_ratio else image.height * width // image.width
+    out = Image.new("RGBA", (width, height))
+    out.paste(image.convert("RGBA").resize((src_w, src_h), resample=Image.LANCZOS),
+              box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    return out
+
+
+def paste_inpaint_crop(decoded_crop: Image.Image, canvas: Image.Image, paste_to: tuple[int, int, int, int],
+                       mask: Image.Image | None, resize=None) -> Image.Image:
+    """Inpaint "only masked": the full RGBA result from the decoded crop.
+
+    decoded_crop: the RGBA the transparent decoder made of the generated crop, at the generation size (p.width ×
+    p.height), from the crop's own latent; canvas: the full init image's RGBA (`init_canvas`, at its own size);
+    paste_to: Forge's p.paste_to (x, y, w, h); mask: Forge's p.mask_for_overlay (canvas-sized, white =
+    repainted, soft edges). The crop is fitted to w×h and pasted at (x, y) as Forge's uncrop does, then every
+    unmasked pixel takes the canvas's colour and alpha (`keep_unmasked`) — whether or not Forge overlays the
+    original (Settings "overlay_inpaint"): that setting changes only Forge's RGB image, not this RGBA."""
+    return keep_unmasked(uncrop(decoded_crop, canvas, paste_to, resize), canvas, mask)
+
+
+def generated_crop(pixel: Image.Image, paste_to: tuple[int, int, int, int], size: tuple[int, int],
+                   overlaid: bool) -> Image.Image:
+    """The generated crop's RGB at the generation size `size` (w, h) from Forge's p.pixels_after_sampling[i]
+    in "inpaint only masked". Without the overlay (overlay_inpaint off) apply_overlay returned the crop itself at
+    the generation size; with it, the full canvas, from which the paste box is cut and resized back (two
+    resamplings: decode the crop's latent with the VAE instead where that is at hand)."""
+    if not overlaid:
+        if pixel.size != tuple(size):
+            raise InvalidArgumentError(
+                f"[LayerDiffuse] Expected the generated crop at {size[0]}x{size[1]}, got {pixel.width}x"
+                f"{pixel.height}.")
+        return pixel.convert("RGB")
+    x, y, w, h = paste_to
+    return pixel.convert("RGB").crop((x, y, x + w, y + h)).resize(tuple(size), Image.LANCZOS)
+
+
+def plain_decode_mats(decoded: torch.Tensor, dtype: torch.dtype | None = None) -> list[np.ndarray]:
+    """"Output original mat for img2img" as the original extension's first version made it (59c6b7f,
+    lib_layerdiffusion/models.py TransparentVAEDecoder.patch): the plain VAE decode of every image of the
+    decoded batch, (B, H, W, 3) in [0, 1] as Forge's VAE decode returns it, each as an H×W×3 uint8 RGB array
+    `(x * 255).clip(0, 255).astype(uint8)` (truncated, as Forge itself converts samples). `dtype`: the
+    decoder's dtype the original first cast the decode to (float16 on fp16 devices), None for none."""
+    if decoded.ndim != 4 or decoded.shape[-1] != 3:
+        raise InvalidArgumentError(
+            f"[LayerDiffuse] Expected a decoded batch of shape (B, H, W, 3), got {tuple(decoded.shape)}.")
+    if dtype is not None:
+        decoded = decoded.to(dtype)
+    arrays = (decoded.detach() * 255.0).cpu().float().numpy().clip(0, 255).astype(np.uint8)
+    return list(arrays)
