@@ -50,3 +50,31 @@ def test_other_bodies_and_paths_untouched():
         b'{"alwayson_scripts": {"Other": {"args": {"a": 1}}}}'
     r = client().post("/other", json={"alwayson_scripts": {"LayerDiffuse": {"args": {"enabled": True}}}})
     assert r.status_code == 500  # not rewritten: the dict reached the positional copy, which fails on it
+
+
+def test_args_that_are_neither_list_nor_object_answer_422():
+    for value, kind in [("yes please", "a string"), (7, "a number"), (None, "null")]:
+        r = client().post("/sdapi/v1/txt2img", json={"alwayson_scripts": {"LayerDiffuse": {"args": value}}})
+        assert r.status_code == 422
+        body = r.json()
+        assert body["error"] == "InvalidArgumentError" and body["detail"].startswith("[LayerDiffuse]")
+        assert "must be a list" in body["detail"] and "object (dict)" in body["detail"]
+        assert body["detail"].endswith(f"not {kind}.") and body["errors"] == body["detail"]
+
+
+def test_rewrite_body_raises_for_a_string_and_leaves_other_scripts_alone():
+    import pytest
+    from lib_layerdiffusion.errors import InvalidArgumentError
+    with pytest.raises(InvalidArgumentError, match="not a string"):
+        rewrite_body(b'{"alwayson_scripts": {"layerdiffuse": {"args": "yes please"}}}')
+    other = b'{"prompt": "LayerDiffuse", "alwayson_scripts": {"Other": {"args": "x"}, "LayerDiffuse": {}}}'
+    assert rewrite_body(other) is other
+
+
+def test_a_string_without_the_middleware_still_names_the_problem():
+    # a path the middleware does not watch: Forge's positional copy splits the string, the script recognises it
+    import pytest
+    from lib_layerdiffusion.errors import InvalidArgumentError
+    app = Starlette(routes=[Route("/other", txt2img, methods=["POST"])], middleware=[Middleware(NamedArgsMiddleware)])
+    with pytest.raises(InvalidArgumentError, match="not a string"):  # Forge's API handler answers it with 422
+        TestClient(app).post("/other", json={"alwayson_scripts": {"LayerDiffuse": {"args": "yes please"}}})

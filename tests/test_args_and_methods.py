@@ -179,3 +179,38 @@ def test_decoder_dtype_from_the_precision_setting():
     assert decoder_dtype(gpu, "fp32", lambda d: True) is torch.float32
     assert decoder_dtype(gpu, "Automatic", lambda d: True) is torch.float16
     assert decoder_dtype(gpu, "Automatic", lambda d: False) is torch.float32
+
+
+def forge_slots(api_args, defaults=(False, SDXL_ATTN, 1.0, 1.0, None, None, None, "Crop and Resize", False, "", "",
+                                    "")):
+    """modules/api/api.py init_script_args: args[i] copied into slot i, as far as both go."""
+    slots = list(defaults)
+    for i in range(min(len(slots), len(api_args))):
+        slots[i] = api_args[i]
+    return slots
+
+
+@pytest.mark.parametrize("text", ["yes please", "true", "ab"])
+def test_args_given_as_one_string_ask_for_a_list_or_an_object(text):
+    with pytest.raises(InvalidArgumentError, match=r"must be a list .* or an object \(dict\).*not a string"):
+        LayerDiffuseArgs.from_script_args(*forge_slots(text))
+
+
+def test_args_shape_error_names_what_was_sent():
+    from lib_layerdiffusion.request.args import args_shape_error
+    assert args_shape_error([True, SDXL_ATTN]) is None and args_shape_error({"enabled": True}) is None
+    assert args_shape_error([]) is None
+    for value, kind in [("yes please", "a string"), (5, "a number"), (0.5, "a number"), (None, "null"),
+                        (True, "a boolean")]:
+        error = args_shape_error(value)
+        assert isinstance(error, InvalidArgumentError) and error.status_code == 422
+        assert str(error).startswith("[LayerDiffuse]") and str(error).endswith(f"not {kind}.")
+        assert "must be a list" in error.detail and "object (dict)" in error.detail
+
+
+def test_lists_of_short_values_are_still_lists():
+    # a one-character first slot alone is an ordinary (bad) value, not a split string
+    with pytest.raises(InvalidArgumentError, match="enabled must be true or false, not 'y'"):
+        LayerDiffuseArgs.from_script_args(*forge_slots("y"))
+    assert LayerDiffuseArgs.from_script_args(*forge_slots([True, SDXL_ATTN, 0.5])).weight == 0.5
+    assert LayerDiffuseArgs.from_script_args(*forge_slots(["1", SDXL_ATTN])).enabled

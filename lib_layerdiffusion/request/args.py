@@ -54,6 +54,8 @@ class LayerDiffuseArgs:
     @classmethod
     def from_script_args(cls, *script_args: Any) -> "LayerDiffuseArgs":
         """Parse what Forge passes to the script hooks (UI values or API args)."""
+        if _split_string(script_args):
+            raise InvalidArgumentError(ARGS_SHAPE_MESSAGE.format(kind="a string"))
         if script_args and isinstance(script_args[0], dict):
             named = dict(script_args[0])
         else:
@@ -96,6 +98,31 @@ class LayerDiffuseArgs:
         out["method"] = self.method.value
         out["resize_mode"] = self.resize_mode.value
         return out
+
+
+ARGS_SHAPE_MESSAGE = (
+    "[LayerDiffuse] The arguments (alwayson_scripts["LayerDiffuse"]["args"]) must be a list in the UI order "
+    "([enabled, method, weight, ...]) or an object (dict) of named arguments ({{\"enabled\": true, \"method\": "
+    "...}}), not {kind}.")
+
+
+def args_shape_error(args: Any) -> InvalidArgumentError | None:
+    """The error for API args that are neither a list nor an object (dict), None when they are one. Forge
+    (modules/api/api.py init_script_args) copies `args[i]` into the script's slots, so a string would arrive
+    as one character per slot, and a number or null fails inside Forge with a bare 500."""
+    if isinstance(args, (list, tuple, dict)):
+        return None
+    kind = {str: "a string", bool: "a boolean", type(None): "null"}.get(type(args))
+    if kind is None:
+        kind = "a number" if isinstance(args, (int, float)) else f"a {type(args).__name__}"
+    return InvalidArgumentError(ARGS_SHAPE_MESSAGE.format(kind=kind))
+
+
+def _split_string(script_args: tuple) -> bool:
+    """A string given as the args after Forge copied it into the slots one character each: the first two slots
+    single characters. Never a usable request (no method name is one character) and never what the UI sends
+    (its first slot is a checkbox's bool)."""
+    return (len(script_args) >= 2 and all(isinstance(v, str) and len(v) == 1 for v in script_args[:2]))
 
 
 def _as_bool(value: Any, name: str) -> bool:
