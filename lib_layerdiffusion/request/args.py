@@ -101,7 +101,7 @@ class LayerDiffuseArgs:
 
 
 ARGS_SHAPE_MESSAGE = (
-    "[LayerDiffuse] The arguments (alwayson_scripts["LayerDiffuse"]["args"]) must be a list in the UI order "
+    "[LayerDiffuse] The arguments (alwayson_scripts.LayerDiffuse.args) must be a list in the UI order "
     "([enabled, method, weight, ...]) or an object (dict) of named arguments ({{\"enabled\": true, \"method\": "
     "...}}), not {kind}.")
 
