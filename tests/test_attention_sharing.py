@@ -240,8 +240,11 @@ def test_full_size_file_loads_strictly(section, manifest, tmp_path):
     path = tmp_path / f"layer_{section}.safetensors"
     _write_zero_safetensors(path, manifest[section])
     model = load_attention_sharing(str(path), _meta_sd15_modules(), SD15_CONFIGS[section], dtype=torch.float16)
-    assert all(p.device.type == "cpu" and p.dtype == torch.float16 for p in model.parameters())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(p.dtype == torch.float16 for p in model.hookers.parameters())  # the units: as asked
     assert (model.kwargs_encoder is not None) == SD15_CONFIGS[section].use_control
+    if model.kwargs_encoder is not None:  # the control encoder: float32 always, as the original runs it
+        assert all(p.dtype == torch.float32 for p in model.kwargs_encoder.parameters())
 
 
 def _tiny_layout():
@@ -305,3 +308,51 @@ def test_control_encoder_resolutions():
         maps = ControlEncoder()(torch.zeros(1, 3, 64, 128))
     assert {k: tuple(v.shape) for k, v in maps.items()} == {
         128: (1, 256, 8, 16), 32: (1, 256, 4, 8), 8: (1, 256, 2, 4), 2: (1, 256, 1, 2)}
+
+
+def _tiny_control_state_dict(file_dtype: torch.dtype) -> tuple[list[CrossAttention], AttentionSharingConfig, dict]:
+    """Two tiny units with control; the encoder seeded as the reference's (same names), stored in `file_dtype`."""
+    modules = [CrossAttention(16, 16, heads=2) for _ in range(2)]
+    config = AttentionSharingConfig(frames=2, use_control=True, rank=4)
+    with torch.device("meta"):
+        shapes = AttentionSharingModel(modules, config).expected_shapes()
+    prefix = "kwargs_encoder."
+    weights = {prefix + k: v for k, v in
+               _seeded({k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}).items()}
+    weights.update(_seeded({k: s for k, s in shapes.items() if not k.startswith(prefix)}))
+    return modules, config, {k: v.to(file_dtype) for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.float16])
+def test_half_units_keep_the_control_encoder_in_float32(ref, file_dtype):
+    from lib_layerdiffusion.networks.attention_sharing import build_attention_sharing
+    modules, config, weights = _tiny_control_state_dict(file_dtype)
+    half = build_attention_sharing(weights, modules, config, "tiny.safetensors", dtype=torch.float16)
+    full = build_attention_sharing(weights, modules, config, "tiny.safetensors", dtype=torch.float32)
+    assert all(p.dtype == torch.float16 for p in half.hookers.parameters())
+    assert all(p.dtype == torch.float32 for p in half.kwargs_encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(half.kwargs_encoder.state_dict().values(),
+                                                 full.kwargs_encoder.state_dict().values()))
+    half.set_control(ref["control_encoder_image01"])
+    full.set_control(ref["control_encoder_image01"])
+    signals = half.units[0].control_signals
+    assert sorted(signals) == [4, 16, 64, 256]
+    for tokens, feature_map in signals.items():
+        assert feature_map.dtype == torch.float32  # float32 maps, bit for bit the float32 model's
+        assert torch.equal(feature_map, full.units[0].control_signals[tokens])
+        if file_dtype == torch.float32:  # the reference's weights exactly: its figures
+            torch.testing.assert_close(feature_map, ref[f"control_encoder_out_{tokens}"], atol=TOL, rtol=0)
+    # a half image still encodes in float32
+    half.set_control(ref["control_encoder_image01"].half())
+    assert all(m.dtype == torch.float32 for m in half.units[1].control_signals.values())
+    # the half units take the float32 maps, cast to their activations, as the original's units do
+    unit = half.units[0]
+    x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = unit(x.half(), context=None, transformer_options={"cond_mark": torch.zeros(2)})
+        control = unit._control(x.half().unflatten(0, (-1, 2)).transpose(0, 1))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    convs = unit.control_convs[1]
+    signal = unit.control_signals[16].half()  # the maps now set (from the half image)
+    expected = convs[2](convs[1](convs[0](signal))).flatten(2).transpose(1, 2)
+    assert control.dtype == torch.float16 and torch.equal(control[1], expected)

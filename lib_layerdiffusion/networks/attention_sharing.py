@@ -20,6 +20,10 @@ Host interface (no host import here; a Forge bridge supplies these):
     embedding or None. In cross-attention it replaces the context of that frame's conditional rows.
   * Control (2-frame methods): `AttentionSharingModel.set_control(image01)` with an RGB image (1, 3, H, W)
     in [0, 1] at the output resolution; every unit then picks the feature map whose H*W equals its token count.
+    The control encoder always runs in float32, as the original runs it (b1e66511,
+    lib_layerdiffusion/attention_sharing.py AttentionSharingPatcher: only `self.hookers.half()` on fp16 devices,
+    `set_control` feeds `img.cpu().float()` to the float32 `kwargs_encoder`); its float32 maps are cast to each
+    unit's activations where used, as the original's units do.
 """
 from __future__ import annotations
 
@@ -331,11 +335,13 @@ class AttentionSharingModel(nn.Module):
 
     @torch.no_grad()
     def set_control(self, image01: torch.Tensor) -> None:
-        """image01: (1, 3, H, W) RGB in [0, 1] at the output size. Encodes it once for all units."""
+        """image01: (1, 3, H, W) RGB in [0, 1] at the output size. Encodes it once for all units, in float32
+        on the encoder's device whatever the units' dtype (the maps stay float32; each unit casts them to its
+        activations' dtype and device when it uses them)."""
         if self.kwargs_encoder is None:
             raise RuntimeError("[LayerDiffuse] this attention-sharing model takes no control image")
         param = next(self.kwargs_encoder.parameters())
-        signals = self.kwargs_encoder(image01.to(param) * 2.0 - 1.0)
+        signals = self.kwargs_encoder(image01.to(device=param.device, dtype=torch.float32) * 2.0 - 1.0)
         self.set_control_signals(signals)
 
     def set_control_signals(self, signals: Mapping[int, torch.Tensor] | None) -> None:
@@ -400,7 +406,8 @@ def load_attention_sharing(
     dtype: torch.dtype = torch.float32,
     attention_fn: AttentionFn = sdpa_attention,
 ) -> AttentionSharingModel:
-    """Build the model for `attention_modules` and fill it from the safetensors file at `path`.
+    """Build the model for `attention_modules` and fill it from the safetensors file at `path` (`dtype`: the
+    units'; the control encoder stays float32, see build_attention_sharing).
 
     The layout is checked against the file's header before any tensor is read."""
     header = read_header(path)
@@ -420,11 +427,16 @@ def build_attention_sharing(
 ) -> AttentionSharingModel:
     """Build the model for `attention_modules` from an already loaded state dict (e.g. a model store's cached
     one). The units are built on the meta device and take the given tensors (no copy when the dtype matches),
-    so their ~280M parameters are never initialised only to be overwritten."""
+    so their ~280M parameters are never initialised only to be overwritten.
+
+    `dtype` is the attention units' dtype (the original halves only them on fp16 devices); the control encoder
+    (`kwargs_encoder`, the 2-frame methods) is always float32, whatever the file's or the units' dtype."""
     with torch.device("meta"):
         model = AttentionSharingModel(attention_modules, config, attention_fn)
     model.load_checked(state_dict, source, assign=True)
-    model.to(dtype)
+    model.hookers.to(dtype)
+    if model.kwargs_encoder is not None:
+        model.kwargs_encoder.to(torch.float32)
     logger.info("[LayerDiffuse] loaded attention sharing (%d frames%s) from %s", config.frames,
                 ", with control" if config.use_control else "", source)
     return model
