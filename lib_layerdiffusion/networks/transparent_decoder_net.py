@@ -9,6 +9,8 @@ connection, output factor 1) / Downsample2D / Upsample2D compute for this config
 Layout: seven levels with widths (32, 32, 64, 128, 256, 512, 512), two resnets per down level and three per up
 level, self-attention on the three deepest levels and in the middle block, GroupNorm with 4 groups, eps 1e-5.
 The VAE latent enters through a 1x1 conv added to the features just before the fourth down level (1/8 scale).
+SDXL / SD1.5 (4 latent channels) and FLUX.1 (16) differ only in that conv's input width; the output channels
+are in the checkpoint's order (alpha first for SDXL / SD1.5, RGBA for FLUX.1): ``transparent_vae`` reorders them.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ NORM_EPS = 1e-5
 ATTENTION_HEAD_DIM = 8
 # Six stride-2 downsamples: both image sides must be multiples of this.
 SIZE_MULTIPLE = 2 ** (len(BLOCK_OUT_CHANNELS) - 1)
+# The checkpoint key whose input width is the number of latent channels.
+LATENT_CONV_KEY = "latent_conv_in.weight"
 
 
 # Elements per block when summing squares: the temporary stays in cache, which makes it ~5x cheaper than
@@ -232,12 +236,14 @@ class MidLevel(nn.Module):
 
 
 class TransparentDecoderUNet(nn.Module):
-    """pixel (B,3,H,W) in [0,1] + latent (B,4,H/8,W/8) -> (B,4,H,W): alpha then RGB, unclipped.
+    """pixel (B,3,H,W) + latent (B,latent_channels,H/8,W/8) -> (B,4,H,W) unclipped, in the checkpoint's channel
+    order (SDXL / SD1.5: alpha then RGB; FLUX.1: RGB then alpha).
 
     H and W must be multiples of SIZE_MULTIPLE (64); callers pad other sizes."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 4, latent_channels: int = 4) -> None:
         super().__init__()
+        self.latent_channels = latent_channels
         widths = BLOCK_OUT_CHANNELS
         last = len(widths) - 1
         self.conv_in = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1)
