@@ -18,15 +18,15 @@ import torch
 from PIL import Image
 
 from .request.args import LayerDiffuseArgs
-from .networks.attention_sharing import (COND_OVERWRITE_KEY, SD15_ATTENTION_LAYER_NAMES, SD15_CONFIGS,
-                                build_attention_sharing)
 from .images import layer_export
-from .images.conditioning_images import conditioning_image, to_pil
-from .errors import LayerDiffuseError, ModelFileError
+from .images.conditioning_images import to_pil
+from .errors import LayerDiffuseError
+from .hosts.apply_plan import apply_plan
+from .plan import plan_sampling
 from .request.infotext import infotext_fields
-from .request.methods import LAYER_LABELS, PatchKind
-from .networks.model_store import ModelStore, model_file
-from .images.img2img import InitTransparency, aligned_rgba, grey_flattened, keep_unmasked, regulation_with_offsets, uncrop
+from .networks.model_store import ModelStore
+from .images.img2img import (InitTransparency, aligned_rgba, grey_flattened, init_canvas, keep_unmasked,
+                             regulation_with_offsets, uncrop)
 from .images.outputs import checkerboard_preview_of, rgba_image
 from .networks.transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
 from .request.settings import Settings
@@ -34,9 +34,12 @@ from .request.validation import check_request
 
 log = logging.getLogger(__name__)
 
+# formats that keep an alpha channel (Neo adds jxl, avif and heif to Forge's png and webp)
+ALPHA_FORMATS = ("png", "webp", "jxl", "avif", "heif", "heic")
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
 INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
-DECODED_ATTR = "layerdiffuse_decoded_latents"  # latent batches the VAE decoded in the current sampling
+DECODED_ATTR = "layerdiffuse_decoded_latents"  # raw latent batches the VAE decoded in the current sampling
+PIXELS_ATTR = "layerdiffuse_sampled_pixels"  # index -> the VAE's decoded image, before any inpaint overlay
 LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
 ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
@@ -59,7 +62,12 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if not args.enabled:
         return None
     method = args.method
-    check_request(args, bridge.base_model(p.sd_model), int(p.batch_size))
+    check_request(args, bridge.base_model(p.sd_model), int(p.batch_size), bridge.latent_channels(p.sd_model))
+    if getattr(p, "init_images", None) and method.makes_transparent and not bridge.has_init_images_hook():
+        raise LayerDiffuseError(
+            f"[LayerDiffuse] Transparent img2img needs a newer Forge: {bridge.NAME} here has no hook where the init "
+            f"image's transparency can be passed to the sampler (before_process_init_images). Use txt2img, or "
+            f"update Forge.")
     log.info("[LayerDiffuse] %s, weight %g, stop at %g", method.value, args.weight, args.ending_step)
     # fetch (and if need be download) every file now: a missing or damaged file stops the generation with its
     # message before any sampling, instead of failing half-way or silently giving an opaque image
@@ -67,7 +75,7 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if method.makes_transparent:
         store.path(method.decoder_file)
     p.extra_generation_params.update(infotext_fields(args))
-    if layer_export.names_layers(method):
+    if layer_export.names_layers(method) and bridge.infotext_takes_callables():
         # per image (Forge calls it with the image's index): the caption of each result says which layer it is
         p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
     device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
@@ -76,7 +84,7 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
         raise LayerDiffuseError(
             "[LayerDiffuse] Forge's 'Stealth infotext mode' is RGB, which cannot save transparent images: set it to "
             "Alpha or None in Settings.")
-    if method.makes_transparent and bridge.output_format() not in ("png", "webp"):
+    if method.makes_transparent and bridge.output_format() not in ALPHA_FORMATS:
         bridge.tell_user(p, f"[LayerDiffuse] Images are saved as {bridge.output_format().upper()}, which has no "
                             f"transparency: set Settings → Saving images → File format to png.")
     return Generation(args=args, settings=settings)
@@ -84,93 +92,40 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
 
 def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple[int, ...]) -> None:
     """Install this sampling's patched clone of the UNet (called before every sampling, also the hires pass)."""
-    args, method = gen.args, gen.args.method
-    unpatched = bridge.clone_unet(p)
-    unet = bridge.clone_unet(p)
-    if method.patch_kind is PatchKind.ATTENTION_SHARING:
-        _share_attention(p, gen, bridge, store, unet, noise_shape)
-    else:
-        _patch_weights(p, gen, bridge, store, unet, noise_shape)
-    bridge.add_stop_at(unet, unpatched, args.ending_step)
-    bridge.install_unet(p, unet)
-    if method.makes_transparent:
-        decoded: list = []  # this sampling's decoded latent batches, the final pass's last
-        setattr(p, DECODED_ATTR, decoded)
-        bridge.record_vae_decodes(p, decoded)
-
-
-def _patch_weights(p, gen: Generation, bridge, store: ModelStore, unet, noise_shape) -> None:
-    """SDXL: the file's LoRA / weight offsets as weight patches, and the input images as concat condition."""
-    args, method = gen.args, gen.args.method
-    batch, _, latent_h, latent_w = noise_shape
-    filename = model_file(method.model_file).filename
-    matched, total = bridge.add_weight_patches(unet, filename, store.load(method.model_file), args.weight)
-    if matched == 0:
-        raise ModelFileError(
-            f"[LayerDiffuse] None of the {total} weights in {filename} match the loaded UNet, so the image would "
-            f"come out without transparency. Use a standard {method.base.value} checkpoint (not a merge with "
-            f"renamed layers), or replace {filename} if it is damaged.")
-    if matched < total:
-        log.warning("[LayerDiffuse] Only %d of %d weights in %s match the loaded UNet.", matched, total, filename)
-    if method.inputs:
-        images = [conditioning_image(args.image(layer), args.resize_mode, latent_h * 8, latent_w * 8,
-                                     what=f"{LAYER_LABELS[layer]} image") for layer in method.inputs]
-        bridge.set_concat_condition(unet, bridge.encode_images(p, images), batch)
-
-
-def _share_attention(p, gen: Generation, bridge, store: ModelStore, unet, noise_shape) -> None:
-    """SD1.5: the 32 attention layers replaced by units that see every frame of a group; per-frame prompts as
-    context overwrites; the fg / bg input image as control signal."""
-    args, method = gen.args, gen.args.method
-    _, _, latent_h, latent_w = noise_shape
-    config = SD15_CONFIGS[method.model_file.removeprefix("layer_")]
-    device, dtype = bridge.unet_device_and_dtype(unet)
-    originals = bridge.attention_modules(unet, SD15_ATTENTION_LAYER_NAMES)
-    model = build_attention_sharing(store.load(method.model_file), originals, config,
-                                    store.local_path(method.model_file), dtype=dtype)
-    model.to(device)
-    if config.use_control:
-        (layer,) = method.inputs
-        image = conditioning_image(args.image(layer), args.resize_mode, latent_h * 8, latent_w * 8,
-                                   what=f"{LAYER_LABELS[layer]} image")
-        model.set_control(torch.from_numpy(image).permute(2, 0, 1)[None].to(device))
     main_prompt = p.prompts[0] if getattr(p, "prompts", None) else p.prompt
-    overwrites = []
-    for frame in method.frames:
-        extra = args.additional_prompt(frame) if frame in method.prompts else ""
-        overwrites.append(bridge.text_condition(p, f"{extra}, {main_prompt}") if extra else None)
-    if any(o is not None for o in overwrites):
-        bridge.set_transformer_option(unet, COND_OVERWRITE_KEY, overwrites)
-    bridge.replace_modules(unet, dict(zip(SD15_ATTENTION_LAYER_NAMES, model.units)))
+    plan = plan_sampling(gen.args, noise_shape, main_prompt)
+    decoded = apply_plan(p, plan, bridge, store, gen.args.method.base.value)
+    if decoded is not None:
+        setattr(p, DECODED_ATTR, decoded)
 
 
 def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_region) -> None:
     """img2img / inpaint, before Forge encodes the init images: grey-flatten them for the VAE and install, on a
-    clone of the VAE patcher, the regulation that adds each image's transparency offset to its latent."""
+    copy of the VAE, the regulation that adds each image's transparency offset to its latent."""
     method = gen.args.method
     if not method.makes_transparent:
         return
+    originals = [to_pil(image, "init image") for image in p.init_images]
+    # flattened over grey whatever the encoder: Forge would flatten transparent parts with its background colour
+    p.init_images = [grey_flattened(image) for image in originals]
     if not bridge.vae_encode_is_full():
         bridge.tell_user(p, "[LayerDiffuse] The init image's transparency is not used: set 'VAE type for encode' "
                             "to Full in Settings (a TAESD encode cannot carry it).")
         return
-    originals = [to_pil(image, "init image") for image in p.init_images]
     width, height = int(p.width), int(p.height)
-    canvases = tuple(
-        to_pil(bridge.resize_image(p.resize_mode, image, width, height))
-        if crop_region is None and p.resize_mode != 3 else image.convert("RGBA")
-        for image in originals)
+    canvases = tuple(init_canvas(image, p.resize_mode, crop_region, width, height, bridge.resize_image)
+                     for image in originals)
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     encoder = _built.get(store, method.encoder_file, device, dtype, load_transparent_encoder)
     offsets = torch.cat([
-        encoder.encode(aligned_rgba(canvas, crop_region, width, height, bridge.resize_image)).float().cpu()
+        encoder.encode(aligned_rgba(canvas, crop_region, width, height, bridge.resize_image, p.resize_mode)).float().cpu()
         for canvas in canvases])
     calls: list[int] = []
-    bridge.set_vae_regulation(p, regulation_with_offsets(offsets, calls))
-    p.init_images = [grey_flattened(image) for image in originals]
+    if not bridge.set_vae_regulation(p, regulation_with_offsets(offsets, calls)):
+        raise LayerDiffuseError(
+            f"[LayerDiffuse] Transparent img2img is not available here: the VAE of this checkpoint in "
+            f"{bridge.NAME} cannot take the init image's transparency. Use txt2img, or an opaque init image.")
     setattr(p, INIT_ATTR, InitTransparency(canvases, tuple(crop_region) if crop_region else None, calls))
-    if gen.args.output_origin:
-        p.extra_result_images.extend(p.init_images)
 
 
 def check_init_offsets_applied(p, bridge) -> None:
@@ -183,43 +138,54 @@ def check_init_offsets_applied(p, bridge) -> None:
                             "free some memory.")
 
 
-def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
+def record_pixels(p, gen: Generation, bridge, pp) -> None:
+    """postprocess_image: keep the image the VAE decoded (generation size, before any inpaint overlay), which is
+    what the transparent decoder reads with its latent."""
+    if not gen.args.method.makes_transparent:
+        return
+    pixels = getattr(p, PIXELS_ATTR, None)
+    if pixels is None:
+        pixels = {}
+        setattr(p, PIXELS_ATTR, pixels)
+    pixels[bridge.image_index(p, pp, "postprocess_image")] = pp.image.copy()
+
+
+def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int, composed: Image.Image
                        ) -> tuple[Image.Image, Image.Image] | None:
     """The RGBA image and its checkerboard preview for the image at `index` of this generation, or None when
-    that image is not a transparent one (blend / background frames stay as they are)."""
+    that image is not a transparent one (blend / background frames stay as they are). `composed` is what Forge
+    made of it (the full canvas after an inpaint overlay)."""
     method = gen.args.method
     if not method.is_transparent_frame(index):
         return None
-    pixel = p.pixels_after_sampling[index].convert("RGB")
+    pixel = (getattr(p, PIXELS_ATTR, None) or {}).get(index, composed).convert("RGB")
     latent = _final_latent(p, index, pixel.size)
-    init = getattr(p, INIT_ATTR, None)
-    paste_to = getattr(p, "paste_to", None)
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
-    # img2img: this image's own init image (one init image serves the whole batch)
-    canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)] if init is not None else None
-    if canvas is not None and init.crop_region is not None and paste_to is not None:
-        # inpaint only masked: the latent is the crop's; decode the crop, then paste it back into the canvas
-        x, y, w, h = paste_to
-        crop = pixel.crop((x, y, x + w, y + h)).resize((latent.shape[2] * 8, latent.shape[1] * 8), Image.LANCZOS)
-        rgba = uncrop(rgba_image(_decode(decoder, crop, latent, gen)), canvas, paste_to)
-    else:
-        rgba = rgba_image(_decode(decoder, pixel, latent, gen))
-    if canvas is not None and getattr(p, "mask_for_overlay", None) is not None:
-        rgba = keep_unmasked(rgba, canvas, p.mask_for_overlay)
+    rgba = rgba_image(_decode(decoder, pixel, latent, gen))
+    init = getattr(p, INIT_ATTR, None)
+    if init is not None:
+        # img2img: this image's own init image (one init image serves the whole batch)
+        canvas = init.canvases[(index % int(p.batch_size)) % len(init.canvases)]
+        paste_to = getattr(p, "paste_to", None)
+        if init.crop_region is not None and paste_to is not None:
+            rgba = uncrop(rgba, canvas, paste_to, bridge.resize_image)  # inpaint only masked: the crop back into the full canvas
+        if bridge.read_option("overlay_inpaint", True) and getattr(p, "mask_for_overlay", None) is not None:
+            rgba = keep_unmasked(rgba, canvas, p.mask_for_overlay)  # as Forge's overlay keeps it
     return rgba, checkerboard_preview_of(rgba)
 
 
 def _final_latent(p, index: int, size: tuple[int, int]) -> torch.Tensor:
-    """The latent the image at `index` was decoded from. Forge keeps it in latents_after_sampling, except after
-    hires fix, which stores decoded pixels there; then it is the last batch the VAE decoded."""
-    latent = p.latents_after_sampling[index].detach().float().cpu()
-    if latent.ndim == 3 and latent.shape[0] == 4:
-        return latent
-    decoded = getattr(p, DECODED_ATTR, None)
-    position = index % int(p.batch_size)
-    if decoded and decoded[-1].shape[0] > position and decoded[-1].shape[1] == 4:
-        return decoded[-1][position]
+    """The raw latent (what the VAE's decode received) of the image at `index` of the current batch: the last
+    batch_size rows the VAE decoded in this sampling (Forge decodes the final latents last, after any hires
+    first pass or preview)."""
+    rows: list[torch.Tensor] = []
+    batch = int(p.batch_size)
+    for decoded in reversed(getattr(p, DECODED_ATTR, None) or []):  # the last `batch` rows, newest last
+        rows[:0] = list(decoded)
+        if len(rows) >= batch:
+            return rows[len(rows) - batch + index % batch]
+    log.warning("[LayerDiffuse] No decoded latent was seen for image %d; decoding from the image alone.", index)
     return torch.zeros((4, size[1] // 8, size[0] // 8))  # unknown: decode from the pixels alone
 
 
@@ -234,7 +200,7 @@ def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tenso
         # the pixels are not this latent's decode: decode from the pixels alone
         log.warning("[LayerDiffuse] Latent %s does not match image %dx%d; decoding from the image alone.",
                     tuple(latent_t.shape[2:]), width, height)
-        latent_t = torch.zeros((1, 4, height // 8, width // 8))
+        latent_t = torch.zeros((1, latent_t.shape[1], height // 8, width // 8))
     return decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
 
 
@@ -268,10 +234,14 @@ _built = _BuiltModels(size=3)
 
 
 def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
-    """After Forge composed the image at pp.index: put the RGBA in its place (what Forge saves and shows first),
-    queue the preview, and tag the image with its layer for naming and layered files."""
-    index = pp.index
-    result = decode_transparent(p, gen, bridge, store, index)
+    """After Forge composed an image: put the RGBA in its place (what Forge saves and shows first), queue the
+    preview, and tag the image with its layer for naming and layered files."""
+    index = bridge.image_index(p, pp, "postprocess_image_after_composite")
+    result = decode_transparent(p, gen, bridge, store, index, pp.image)
+    mat = (getattr(p, PIXELS_ATTR, None) or {}).get(index)
+    if gen.args.output_origin and mat is not None:
+        # as the first version did: each result's plain VAE decode, the RGB "mat" its alpha is decoded from
+        p.extra_result_images.append(mat.convert("RGB"))
     if result is not None:
         pp.image, preview = result
         # Forge's stealth infotext (Alpha mode) overwrites the alpha of the image it saves; keep it to restore

@@ -87,6 +87,12 @@ class LayerDiffuseScript(scripts.Script):
             log.error("%s", error)
             bridge.fail_sampling(p, error)
 
+    def postprocess_image(self, p, pp, *script_args):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        generation.record_pixels(p, gen, bridge, pp)
+
     def postprocess_image_after_composite(self, p, pp, *script_args):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:

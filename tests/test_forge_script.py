@@ -58,40 +58,7 @@ def script(models_dir):
 
 def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
     from backend.patcher.unet import FakeKModel, FakeSD15KModel, UnetPatcher
-
-    class FakeVAE:
-        """backend/patcher/vae.py VAE: encode (B,H,W,3 in [0,1] → B,4,H/8,W/8) applying the patcher's
-        model_vae_regulation to the posterior as backend/nn/vae.py encode does; clone; first_stage_model."""
-        # a power-of-two scale (SDXL's is 0.13025) so that process_in(process_out(z)) is exactly z
-        first_stage_model = SimpleNamespace(process_in=lambda z: z * 0.125, process_out=lambda z: z / 0.125)
-
-        def __init__(self):
-            self.patcher = SimpleNamespace(model_options={})
-            self.patcher.set_model_vae_regulation = \
-                lambda fn: self.patcher.model_options.__setitem__("model_vae_regulation", fn)
-            self.patcher.set_model_vae_decode_wrapper = \
-                lambda fn: self.patcher.model_options.__setitem__("model_vae_decode_wrapper", fn)
-
-        def decode(self, samples):
-            """VAE.decode: through model_vae_decode_wrapper when one is set; (B,4,h,w) → (B,h*8,w*8,3)."""
-            def decode_inner(z):
-                return torch.sigmoid(z[:, :3]).repeat_interleave(8, 2).repeat_interleave(8, 3).movedim(1, -1)
-            wrapper = self.patcher.model_options.get("model_vae_decode_wrapper")
-            return decode_inner(samples) if wrapper is None else wrapper(decode_inner, samples)
-
-        def clone(self):
-            n = FakeVAE()
-            n.patcher.model_options = dict(self.patcher.model_options)
-            return n
-
-        def encode(self, pixels):
-            x = pixels.movedim(-1, 1)
-            pooled = torch.nn.functional.avg_pool2d(x, 8)
-            mean = torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
-            regulation = self.patcher.model_options.get("model_vae_regulation")
-            if regulation is None:
-                return mean
-            return regulation(SimpleNamespace(mean=mean, std=torch.full_like(mean, 0.1)))
+    from backend.patcher.vae import VAE
 
     unet = UnetPatcher(FakeSD15KModel() if sd15_unet else FakeKModel())
 
@@ -100,7 +67,7 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
         return torch.stack([torch.full((77, 12), float(len(t))) for t in texts])
 
     sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl, get_learned_conditioning=get_learned_conditioning,
-                               forge_objects=SimpleNamespace(unet=unet, vae=FakeVAE()))
+                               forge_objects=SimpleNamespace(unet=unet, vae=VAE()))
 
     def sample(*args, **kwargs):
         return "sampled"
@@ -111,6 +78,28 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
                            extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
                            pixels_after_sampling=[], sample=sample, comments=comments, prompts=["a cat"],
                            comment=lambda text: comments.__setitem__(text, 1))
+
+
+def forge_after_sampling(script, p, script_args, latents=None, images=None):
+    """modules/processing.py process_images_inner after sampling (Forge dfdcbab6): decode_latent_batch decodes
+    each image's latent by itself through decode_first_stage (process_out, then VAE.decode); then, per image,
+    postprocess_image gets the decoded image, apply_overlay composes it into pixels_after_sampling (no overlay
+    here: the same image) and postprocess_image_after_composite gets that. Returns the final images."""
+    from modules.scripts import PostprocessImageArgs
+    vae = p.sd_model.forge_objects.vae
+    latents = latents if latents is not None else torch.randn(p.batch_size, 4, 8, 8)
+    decoded = [vae.decode(vae.first_stage_model.process_out(latents[i:i + 1]))[0] for i in range(p.batch_size)]
+    results = []
+    for i in range(p.batch_size):
+        image = images[i] if images else Image.fromarray((decoded[i].numpy() * 255).astype(np.uint8))
+        p.latents_after_sampling.append(latents[i])
+        pp = PostprocessImageArgs(image, i)
+        script.postprocess_image(p, pp, *script_args)
+        p.pixels_after_sampling.append(pp.image)
+        pp = PostprocessImageArgs(pp.image, i)
+        script.postprocess_image_after_composite(p, pp, *script_args)
+        results.append(pp.image)
+    return results
 
 
 def args(enabled=True, method=ATTN, weight=1.0, ending_step=1.0, fg=None, bg=None, blend=None):
@@ -135,7 +124,6 @@ def test_disabled_touches_nothing(script):
 
 def test_attention_injection_patches_a_clone_and_decodes_rgba(script):
     from backend.sampling.sampling_function import sampling_step
-    from modules.scripts import PostprocessImageArgs
     p = make_p(batch_size=2)
     shared = p.sd_model.forge_objects.unet
     noise = run_sampling_setup(script, p, args(weight=0.7))
@@ -149,15 +137,9 @@ def test_attention_injection_patches_a_clone_and_decodes_rgba(script):
     model, _, _ = sampling_step(unet, noise, 10.0, [{"model_conds": {}}], [{"model_conds": {}}])
     assert model is unet.model
 
-    # after sampling: Forge keeps the latents and pixels, then calls the hook per image
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        p.latents_after_sampling.append(torch.randn(4, 8, 8))
-        p.pixels_after_sampling.append(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
-    for i in range(2):
-        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
-        script.postprocess_image_after_composite(p, pp, *args())
-        assert pp.image.mode == "RGBA" and pp.image.size == (64, 64)
+    # after sampling: Forge decodes, then calls the hooks per image
+    results = forge_after_sampling(script, p, args())
+    assert all(image.mode == "RGBA" and image.size == (64, 64) for image in results)
     assert len(p.extra_result_images) == 2 and all(im.mode == "RGB" for im in p.extra_result_images)
 
 
@@ -252,7 +234,7 @@ def img2img_p(init_images, batch_size=1, mask=None):
     return p
 
 
-def test_img2img_offsets_ride_on_a_vae_clone_per_image(script):
+def test_img2img_offsets_ride_on_a_vae_copy_per_image(script):
     from lib_layerdiffusion.images.img2img import InitTransparency
     a, b = transparent_disc(centre=(20, 24)), transparent_disc(centre=(44, 40))
     p = img2img_p([a, b], batch_size=2)
@@ -261,15 +243,16 @@ def test_img2img_offsets_ride_on_a_vae_clone_per_image(script):
     script.process(p, *script_args)
     script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
     vae = p.sd_model.forge_objects.vae
-    assert vae is not shared_vae and "model_vae_regulation" not in shared_vae.patcher.model_options
+    assert vae is not shared_vae and vae.first_stage_model is not shared_vae.first_stage_model
     assert all(im.mode == "RGB" for im in p.init_images)
     grey = np.asarray(p.init_images[0])
-    assert tuple(grey[0, 0]) == (128, 128, 128) and tuple(grey[24, 20]) == (0, 0, 255)
-    # Forge encodes the batch (here in two chunks); each row gets its own image's offset
+    assert tuple(grey[0, 0]) == (127, 127, 127) and tuple(grey[24, 20]) == (0, 0, 255)
+    # Forge encodes the batch (here in two chunks); each row is the posterior mean + std · its own offset
     pixels = torch.from_numpy(np.stack([np.asarray(im, np.float32) / 255 for im in p.init_images]))
-    plain = shared_vae.encode(pixels)
+    moments = shared_vae.first_stage_model.encoder(2.0 * pixels.movedim(-1, 1) - 1.0)
+    mean, std = moments[:, :4], torch.full((2, 4, 8, 8), 0.1)
     rows = torch.cat([vae.encode(pixels[:1]), vae.encode(pixels[1:])])
-    offset = (rows - plain) / 0.1
+    offset = (rows - mean) / std
     assert offset.shape == (2, 4, 8, 8) and not torch.allclose(offset[0], offset[1])
     init = p.layerdiffuse_init
     assert isinstance(init, InitTransparency) and init.regulation_calls == [1, 1]
@@ -293,8 +276,22 @@ def test_img2img_offset_never_applied_is_reported(script):
     assert any("without the transparency offset" in text for text in p.comments)
 
 
-def test_inpaint_keeps_the_unmasked_alpha(script):
-    from modules.scripts import PostprocessImageArgs
+def test_img2img_with_a_taesd_encode_still_flattens_over_grey(script, opts):
+    opts.data["sd_vae_encode_method"] = "TAESD"
+    opts.sd_vae_encode_method = "TAESD"
+    try:
+        p = img2img_p([transparent_disc()])
+        script.process(p, *args())
+        script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *args())
+    finally:
+        opts.sd_vae_encode_method = "Full"
+    assert tuple(np.asarray(p.init_images[0])[0, 0]) == (127, 127, 127)
+    assert any("VAE type for encode" in text for text in p.comments)
+
+
+@pytest.mark.parametrize("overlay", [True, False])
+def test_inpaint_keeps_the_unmasked_alpha_when_forge_overlays(script, opts, overlay):
+    opts.data["overlay_inpaint"] = overlay
     init = transparent_disc()
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))  # repaint the right half only
@@ -302,20 +299,73 @@ def test_inpaint_keeps_the_unmasked_alpha(script):
     script_args = args()
     script.process(p, *script_args)
     script.before_process_init_images(p, {"crop_region": None, "image_mask": mask}, *script_args)
-    p.latents_after_sampling.append(torch.randn(4, 8, 8))
-    p.pixels_after_sampling.append(p.init_images[0])
-    pp = PostprocessImageArgs(p.pixels_after_sampling[0], 0)
-    script.postprocess_image_after_composite(p, pp, *script_args)
-    out = np.asarray(pp.image)
-    np.testing.assert_array_equal(out[:, :30], np.asarray(init)[:, :30])  # left half: exactly the input
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    (out,) = forge_after_sampling(script, p, script_args)
+    left = np.asarray(out)[:, :30]
+    if overlay:
+        np.testing.assert_array_equal(left, np.asarray(init)[:, :30])  # left half: exactly the input
+    else:  # Forge shows the generated image as it is; so does LayerDiffuse
+        assert not np.array_equal(left, np.asarray(init)[:, :30])
 
 
-def test_output_original_mat_adds_the_flattened_input(script):
+@pytest.mark.parametrize("overlay", [True, False])
+def test_inpaint_only_masked_decodes_the_generated_crop_and_places_it(script, opts, monkeypatch, overlay):
+    """modules/processing.py (Forge dfdcbab6): postprocess_image gets the generation-size crop; apply_overlay
+    uncrops it into the canvas only when overlay_inpaint is on. The decoder must read the crop and its own latent
+    in both cases, and the result is the full canvas with the crop at paste_to."""
+    from lib_layerdiffusion.networks.transparent_vae import TransparentDecoder
+    opts.data["overlay_inpaint"] = overlay
+    seen = []
+    decode = TransparentDecoder.decode
+    monkeypatch.setattr(TransparentDecoder, "decode",
+                        lambda self, pixel, latent, passes=8: seen.append((pixel, latent)) or
+                        decode(self, pixel, latent, passes))
+    canvas = transparent_disc(size=128)
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (64, 64, 96, 96))
+    p = img2img_p([canvas], mask=mask)
+    crop = (48, 48, 112, 112)
+    p.paste_to = (48, 48, 64, 64)
+    script_args = args()
+    script.process(p, *script_args)
+    script.before_process_init_images(p, {"crop_region": crop, "image_mask": mask}, *script_args)
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    latent = torch.randn(1, 4, 8, 8)
+    crop_image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    (out,) = forge_after_sampling(script, p, script_args, latents=latent, images=[crop_image])
+    (pixel, decoder_latent), = seen
+    np.testing.assert_array_equal((pixel[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+                                  np.asarray(crop_image))
+    torch.testing.assert_close(decoder_latent, latent / 0.125)  # the raw latent: process_out(latent)
+    assert out.size == (128, 128) and out.mode == "RGBA"
+    if overlay:  # outside the mask the canvas is kept exactly
+        np.testing.assert_array_equal(np.asarray(out)[:40], np.asarray(canvas)[:40])
+
+
+def test_output_original_mat_adds_each_results_plain_decode(script):
     p = img2img_p([transparent_disc()])
     script_args = args()[:8] + (True,) + args()[9:]
     script.process(p, *script_args)
     script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args)
-    assert len(p.extra_result_images) == 1 and p.extra_result_images[0].mode == "RGB"
+    assert p.extra_result_images == []
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    crop_image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    forge_after_sampling(script, p, script_args, images=[crop_image])
+    mat, preview = p.extra_result_images
+    np.testing.assert_array_equal(np.asarray(mat), np.asarray(crop_image))
+
+
+def test_old_forge_without_the_init_images_hook_refuses_transparent_img2img(script, monkeypatch):
+    from lib_layerdiffusion.errors import LayerDiffuseError
+    from modules import scripts
+    monkeypatch.delattr(scripts.ScriptRunner, "before_process_init_images")
+    p = img2img_p([transparent_disc()])
+    run_sampling_setup(script, p, args())
+    with pytest.raises(LayerDiffuseError, match="Transparent img2img needs a newer Forge"):
+        p.sample()
 
 
 @pytest.fixture(scope="module")
@@ -369,14 +419,7 @@ def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_fil
     assert unit(x, context=torch.randn(12, 77, 12), transformer_options=options).shape == x.shape
 
     # only the foreground frame of each group is decoded
-    for i in range(6):
-        p.latents_after_sampling.append(torch.randn(4, 8, 8))
-        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (i * 10, 0, 0)))
-    modes = []
-    for i in range(6):
-        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
-        script.postprocess_image_after_composite(p, pp, *script_args)
-        modes.append(pp.image.mode)
+    modes = [image.mode for image in forge_after_sampling(script, p, script_args)]
     assert modes == ["RGBA", "RGB", "RGB"] * 2 and len(p.extra_result_images) == 2
     layer_of = p.extra_generation_params["layerdiffusion_layer"]
     assert [layer_of(index=i, p=p) for i in range(6)] == ["fg", "bg", "blend"] * 2
@@ -428,14 +471,9 @@ def saving_p(tmp_path, **kwargs):
 def forge_saves(script, p, script_args):
     """modules/processing.py after sampling: per image, postprocess_image_after_composite then save_image."""
     from modules import images
-    from modules.scripts import PostprocessImageArgs
     saved = []
-    for i in range(p.batch_size):
-        p.latents_after_sampling.append(torch.randn(4, 8, 8))
-        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (200, 100, 50)))
-        pp = PostprocessImageArgs(p.pixels_after_sampling[i], i)
-        script.postprocess_image_after_composite(p, pp, *script_args)
-        saved.append(images.save_image(pp.image, p.outpath_samples, "", p.seeds[i], p.prompts[i], "png", p=p)[0])
+    for i, image in enumerate(forge_after_sampling(script, p, script_args)):
+        saved.append(images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], "png", p=p)[0])
     return saved
 
 
@@ -521,7 +559,6 @@ def test_stealth_infotext_rgb_mode_is_refused_before_sampling(script, opts):
 
 @pytest.mark.parametrize("api_said_no_saving", [False, True])
 def test_rgba_saved_when_forge_saves_only_grids(script, opts, tmp_path, api_said_no_saving):
-    from modules.scripts import PostprocessImageArgs
     opts.data["layerdiffuse_save_rgba_when_grid_only"] = True
     opts.samples_save = False
     try:
@@ -530,10 +567,7 @@ def test_rgba_saved_when_forge_saves_only_grids(script, opts, tmp_path, api_said
         p.do_not_save_samples = api_said_no_saving
         script_args = args()
         run_sampling_setup(script, p, script_args)
-        p.latents_after_sampling.append(torch.randn(4, 8, 8))
-        p.pixels_after_sampling.append(Image.new("RGB", (64, 64), (200, 100, 50)))
-        pp = PostprocessImageArgs(p.pixels_after_sampling[0], 0)
-        script.postprocess_image_after_composite(p, pp, *script_args)
+        forge_after_sampling(script, p, script_args)
     finally:
         opts.samples_save = True
     saved = list(tmp_path.glob("*.png"))
@@ -543,10 +577,16 @@ def test_rgba_saved_when_forge_saves_only_grids(script, opts, tmp_path, api_said
         assert len(saved) == 1 and Image.open(saved[0]).mode == "RGBA"
 
 
-def test_hires_fix_decodes_from_the_final_pass_latent(script):
-    """After hires fix Forge stores decoded pixels in latents_after_sampling; the latent comes from the VAE's
-    last decode (modules/processing.py sample_hr_pass → decode_latent_batch → VAE.decode)."""
+def test_the_decoder_reads_the_raw_latent_of_the_final_decode(script, monkeypatch):
+    """The transparent decoder was trained on the raw VAE latent: it gets what the VAE's decode received
+    (process_out of the sampler's latent), also after hires fix, where Forge decodes the first pass too and
+    stores decoded pixels in latents_after_sampling (modules/processing.py sample_hr_pass)."""
     from modules.scripts import PostprocessImageArgs
+    from lib_layerdiffusion.networks.transparent_vae import TransparentDecoder
+    seen = []
+    decode = TransparentDecoder.decode
+    monkeypatch.setattr(TransparentDecoder, "decode",
+                        lambda self, pixel, latent, passes=8: seen.append(latent) or decode(self, pixel, latent, passes))
     latent = torch.randn(1, 4, 8, 8)
     pixel = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     results = []
@@ -554,12 +594,16 @@ def test_hires_fix_decodes_from_the_final_pass_latent(script):
         p = make_p()
         run_sampling_setup(script, p, args())
         vae = p.sd_model.forge_objects.vae
-        vae.decode(torch.randn(1, 4, 4, 4))  # the first pass, decoded before the hires upscale
+        if hires:
+            vae.decode(vae.first_stage_model.process_out(torch.randn(1, 4, 4, 4)))  # the first pass
         vae.decode(vae.first_stage_model.process_out(latent))  # the final pass
         p.latents_after_sampling.append(torch.rand(3, 64, 64) if hires else latent[0])
-        p.pixels_after_sampling.append(pixel)
         pp = PostprocessImageArgs(pixel, 0)
+        script.postprocess_image(p, pp, *args())
+        p.pixels_after_sampling.append(pp.image)
         script.postprocess_image_after_composite(p, pp, *args())
         results.append(np.asarray(pp.image))
     assert results[0].shape == (64, 64, 4)
     np.testing.assert_array_equal(results[0], results[1])
+    for received in seen:
+        torch.testing.assert_close(received, latent / 0.125)  # process_out, not the sampler's scaled latent

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lib_layerdiffusion.errors import InvalidArgumentError
-from lib_layerdiffusion.images.img2img import (aligned_rgba, cover_resize, generated_crop, grey_flattened, init_canvas,
-                                               keep_unmasked, native_encode_rgba, paste_inpaint_crop,
-                                               plain_decode_mats, regulation_with_offsets, uncrop)
+from lib_layerdiffusion.images.img2img import (aligned_rgba, cover_resize, grey_flattened, init_canvas, keep_unmasked,
+                                               native_encode_rgba, regulation_with_offsets, uncrop)
 
 sys.path.insert(0, str(Path(__file__).parent / "fake_forge"))
 from modules import images as forge_images  # noqa: E402  (the fake of modules/images.py)
@@ -164,55 +163,3 @@ def test_cover_resize_is_forges_mode_1():
         ours = cover_resize(crop, w, h)
         assert ours.size == (w, h)
         assert np.array_equal(np.asarray(ours), np.asarray(forge_images.resize_image(1, crop, w, h, force_RGBA=True)))
-
-
-def test_paste_inpaint_crop_places_the_crop_and_keeps_the_unmasked_canvas():
-    rng = np.random.default_rng(3)
-    canvas = Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA")
-    decoded = Image.fromarray(rng.integers(0, 256, (12, 16, 4), dtype=np.uint8), "RGBA")  # generation size
-    paste_to = (10, 5, 8, 6)
-    mask = Image.new("L", canvas.size, 0)
-    mask.paste(255, (12, 6, 16, 10))  # repainted: inside the paste box
-    mask.putpixel((13, 10), 128)  # a soft edge pixel
-    out = np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, mask)).astype(int)
-    fitted = np.asarray(cover_resize(decoded, 8, 6)).astype(int)
-    original = np.asarray(canvas).astype(int)
-    m = np.asarray(mask)
-    assert out.shape == (30, 40, 4)
-    assert np.array_equal(out[m == 0], original[m == 0])  # colour and alpha, inside the box and out
-    assert np.array_equal(out[6:10, 12:16], fitted[1:5, 2:6])
-    expected = np.clip(fitted[5, 3] * (128 / 255) + original[10, 13] * (1 - 128 / 255) + 0.5, 0, 255).astype(int)
-    assert out[10, 13].tolist() == expected.tolist()
-    # the host's resize gives the same, and without a mask the whole box is the crop
-    assert np.array_equal(np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, mask, resize)), out)
-    unmasked = np.asarray(paste_inpaint_crop(decoded, canvas, paste_to, None)).astype(int)
-    assert np.array_equal(unmasked[5:11, 10:18], fitted)
-    assert np.array_equal(unmasked[:5], original[:5])
-
-
-def test_generated_crop_depends_on_the_overlay():
-    crop = Image.new("RGB", (16, 12), (1, 2, 3))
-    assert generated_crop(crop, (10, 5, 8, 6), (16, 12), overlaid=False) is not crop
-    assert np.array_equal(np.asarray(generated_crop(crop, (10, 5, 8, 6), (16, 12), overlaid=False)), np.asarray(crop))
-    with pytest.raises(InvalidArgumentError, match="16x12"):
-        generated_crop(Image.new("RGB", (40, 30)), (10, 5, 8, 6), (16, 12), overlaid=False)
-    full = Image.new("RGB", (40, 30), (0, 0, 0))
-    full.paste((9, 9, 9), (10, 5, 18, 11))
-    out = generated_crop(full, (10, 5, 8, 6), (16, 12), overlaid=True)
-    assert out.size == (16, 12) and np.asarray(out).max() == 9 and np.asarray(out).min() == 9
-
-
-# ---- output original mat: the plain VAE decode, as the first version added it --------------------------------
-
-def test_plain_decode_mats_truncate_like_the_original():
-    values = torch.tensor([0.0, 0.5, 1.0, 0.9999, 1.2, -0.1, 0.25])
-    decoded = values.view(1, 1, -1, 1).expand(2, 1, 7, 3).clone()
-    decoded[1] = 1.0 - decoded[1]
-    mats = plain_decode_mats(decoded)
-    assert len(mats) == 2 and mats[0].dtype == np.uint8 and mats[0].shape == (1, 7, 3)
-    assert mats[0][0, :, 0].tolist() == [0, 127, 255, 254, 255, 0, 63]
-    assert mats[1][0, :, 1].tolist() == [255, 127, 0, 0, 0, 255, 191]
-    # cast to the decoder's float16 first, as on fp16 devices: 0.9999 rounds up to 1.0
-    assert plain_decode_mats(decoded, torch.float16)[0][0, :, 2].tolist() == [0, 127, 255, 255, 255, 0, 63]
-    with pytest.raises(InvalidArgumentError, match="B, H, W, 3"):
-        plain_decode_mats(torch.zeros(1, 3, 4, 4))

@@ -22,12 +22,52 @@ def default_models_folder() -> str:
 
 def base_model(sd_model) -> BaseModel | None:
     """The WebUI model flags is_sdxl / is_sd1 (set by backend/diffusion_engine/{sdxl,sd15}.py in the current
-    generation, by modules/sd_models.py in the older one)."""
+    generation, by modules/sd_models.py in the older one). The SDXL refiner also says is_sdxl (Forge main and Neo
+    backend/diffusion_engine/sdxl.py StableDiffusionXLRefiner), but no LayerDiffuse file fits it."""
+    if getattr(sd_model, "is_sdxl_refiner", False) or type(sd_model).__name__.endswith("Refiner"):
+        return None
     if getattr(sd_model, "is_sdxl", False):
         return BaseModel.SDXL
     if getattr(sd_model, "is_sd1", False):
         return BaseModel.SD15
     return None
+
+
+def image_index(p, pp, hook: str) -> int:
+    """The index in the whole generation of the image the postprocess hook `hook` got. modules/scripts.py
+    PostprocessImageArgs carries it from A1111 1.9 on; old Forge (`previous`, A1111 1.8) and reForge build it
+    without, calling each hook once per image of the batch in order (modules/processing.py
+    process_images_inner), so there each hook's calls are counted per batch."""
+    index = getattr(pp, "index", None)
+    if index is not None:
+        return int(index)
+    iteration = int(getattr(p, "iteration", 0) or 0)
+    counts = getattr(p, "layerdiffuse_postprocess_counts", None)
+    if counts is None:
+        counts = {}
+        setattr(p, "layerdiffuse_postprocess_counts", counts)
+    position = counts.get((hook, iteration), 0)
+    counts[(hook, iteration)] = position + 1
+    return iteration * int(p.batch_size) + position
+
+
+def infotext_takes_callables() -> bool:
+    """Whether a callable in p.extra_generation_params is called per image (modules/processing.py
+    create_infotext, A1111 1.9+) and left out of Processed.js(). A1111 1.8 (old Forge `previous`) writes its repr
+    into the infotext and its API answers HTTP 500 (json.dumps without default=)."""
+    import inspect
+    from modules import processing
+    try:
+        return "callable(" in inspect.getsource(processing.create_infotext)
+    except (OSError, TypeError):
+        return False
+
+
+def has_init_images_hook() -> bool:
+    """modules/scripts.py ScriptRunner.before_process_init_images (A1111 1.10; not in old Forge `previous`):
+    the hook where img2img transparency is set up."""
+    from modules import scripts
+    return hasattr(scripts.ScriptRunner, "before_process_init_images")
 
 
 def fail_before_sampling(p, error: LayerDiffuseError) -> None:
@@ -151,3 +191,25 @@ def install_api_middleware(middleware_class) -> None:
         app.middleware_stack = None  # starlette builds the stack again, with this middleware, on the next request
 
     script_callbacks.on_app_started(add)
+
+
+def _accepts(function, parameter: str) -> bool:
+    import inspect
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resize_image(mode: int, image, width: int, height: int):
+    """modules/images.py resize_image keeping the alpha channel. Its force_RGBA argument exists from Forge
+    e26abf87 on (and in Neo and reForge); old Forge lacks it, so there colour and alpha are resized apart, the
+    same way, and joined again."""
+    from modules import images
+    rgba = image.convert("RGBA")
+    if _accepts(images.resize_image, "force_RGBA"):
+        return images.resize_image(mode, rgba, width, height, force_RGBA=True)
+    colour = images.resize_image(mode, rgba.convert("RGB"), width, height).convert("RGBA")
+    alpha = images.resize_image(mode, rgba.getchannel("A").convert("RGB"), width, height)
+    colour.putalpha(alpha.convert("L"))
+    return colour

@@ -9,7 +9,15 @@ from ..errors import InvalidArgumentError, UnsupportedModelError
 from .methods import LAYER_LABELS, BaseModel
 
 
-def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: int) -> None:
+# the latent channels each base model's LayerDiffuse files were trained for
+LATENT_CHANNELS = {BaseModel.SDXL: 4, BaseModel.SD15: 4}
+
+
+def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: int,
+                  latent_channels: int | None = None) -> None:
+    """`latent_channels`: the loaded checkpoint's VAE latent channels as the host reports them (None: unknown);
+    a checkpoint flagged as the right family with other channels (e.g. an SDXL UNet with a 32-channel VAE) is
+    refused too."""
     method = args.method
     if base is None:
         raise UnsupportedModelError(
@@ -20,6 +28,12 @@ def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: in
         raise UnsupportedModelError(
             f"[LayerDiffuse] '{method.value}' needs an {method.base.value} checkpoint, but the loaded checkpoint "
             f"is {base.value}. Load an {method.base.value} checkpoint, or choose {other} method.")
+    expected = LATENT_CHANNELS[method.base]
+    if latent_channels is not None and latent_channels != expected:
+        raise UnsupportedModelError(
+            f"[LayerDiffuse] '{method.value}' needs a standard {method.base.value} checkpoint, whose VAE has "
+            f"{expected} latent channels; the loaded one has {latent_channels}. Load a standard "
+            f"{method.base.value} checkpoint, or untick LayerDiffuse.")
     for layer in method.inputs:
         if args.image(layer) is None:
             raise InvalidArgumentError(

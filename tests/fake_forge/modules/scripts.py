@@ -1,4 +1,5 @@
-"""Mirrors modules/scripts.py: the Script base class, AlwaysVisible and PostprocessImageArgs."""
+"""Mirrors modules/scripts.py: the Script base class, AlwaysVisible, PostprocessImageArgs and the ScriptRunner
+hook LayerDiffuse checks for (Forge dfdcbab6)."""
 AlwaysVisible = object()
 
 
@@ -7,7 +8,12 @@ class Script:
     paste_field_names = None
 
 
-class PostprocessImageArgs:  # modules/scripts.py PostprocessImageArgs
+class PostprocessImageArgs:  # modules/scripts.py:32 PostprocessImageArgs
     def __init__(self, image, index):
         self.image = image
         self.index = index
+
+
+class ScriptRunner:
+    def before_process_init_images(self, p, pp):  # modules/scripts.py:864 ScriptRunner.before_process_init_images
+        pass
