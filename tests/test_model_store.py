@@ -102,21 +102,29 @@ def incomplete_files(folder) -> list:
 
 # ---------------------------------------------------------------------------------------------------- table
 
-def test_table_has_exactly_the_14_published_files():
+def test_table_has_exactly_the_published_files():
     expected = {
         "layer_xl_transparent_attn", "layer_xl_transparent_conv", "layer_xl_fg2ble", "layer_xl_fgble2bg",
         "layer_xl_bg2ble", "layer_xl_bgble2fg", "vae_transparent_encoder", "vae_transparent_decoder",
         "layer_sd15_vae_transparent_encoder", "layer_sd15_vae_transparent_decoder", "layer_sd15_transparent_attn",
         "layer_sd15_joint", "layer_sd15_fg2bg", "layer_sd15_bg2fg",
     }
-    assert set(MODEL_FILES) == expected and len(MODEL_FILES) == 14
+    flux = {"layerlora", "TransparentVAE"}
+    assert set(MODEL_FILES) == expected | flux and len(MODEL_FILES) == 16
     for name, entry in MODEL_FILES.items():
         assert isinstance(entry, ModelFile)
         assert entry.name == name
-        assert entry.filename == f"{name}.safetensors"
-        assert entry.repo_id == "LayerDiffusion/layerdiffusion-v1"
+        assert entry.filename == f"{name}.safetensors"  # what the store serves is always a safetensors
         assert entry.revision == "main"
-        assert entry.base in {"sdxl", "sd15"} and entry.description
+        assert entry.description
+        if name in flux:
+            assert entry.repo_id == "RedAIGC/Flux-version-LayerDiffuse" and entry.base == "flux"
+        else:
+            assert entry.repo_id == "LayerDiffusion/layerdiffusion-v1" and entry.base in {"sdxl", "sd15"}
+        assert entry.source_filename is None or name == "TransparentVAE"
+    assert MODEL_FILES["TransparentVAE"].source_filename == MODEL_FILES["TransparentVAE"].hub_filename == (
+        "TransparentVAE.pth")
+    assert MODEL_FILES["layerlora"].hub_filename == "layerlora.safetensors"
     with pytest.raises(dataclasses.FrozenInstanceError):
         MODEL_FILES[NAME].filename = "x.ckpt"
     with pytest.raises(TypeError):
@@ -134,6 +142,15 @@ def test_model_url(monkeypatch):
     assert model_url(NAME).startswith("https://mirror.example/LayerDiffusion/")
     with pytest.raises(ModelFileError, match="Unknown model file 'nope'"):
         model_url("nope")
+
+
+def test_flux_urls(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT")
+    base = "https://huggingface.co/RedAIGC/Flux-version-LayerDiffuse/resolve/main/"
+    assert model_url("layerlora") == base + "layerlora.safetensors"
+    # the converted entry is downloaded as the published pickle; either file name finds it
+    assert model_url("TransparentVAE") == model_url("TransparentVAE.pth") == base + "TransparentVAE.pth"
+    assert model_url("TransparentVAE.safetensors") == base + "TransparentVAE.pth"
 
 
 # ------------------------------------------------------------------------------------------------ resolving
@@ -420,3 +437,173 @@ def test_hub_version_in_range():
     # The store supports huggingface_hub >=0.23,<1.0 (requirements-test.txt); say which one ran.
     major, minor = model_store._hub_version()
     assert (0, 23) <= (major, minor) < (1, 0), huggingface_hub.__version__
+
+
+# ---------------------------------------------------------------------------------------------------- FLUX.1
+
+FLUX_REPO = "RedAIGC/Flux-version-LayerDiffuse"
+PTH = "TransparentVAE.pth"
+CONVERTED = "TransparentVAE.safetensors"
+# a test-sized manifest with the sections of the shipped one (which the conversion tests use at full size)
+SMALL_MANIFEST = {
+    "title": "the test FLUX.1 transparent VAE", "filename": PTH,
+    "flux_transparent_decoder": {"decoder.conv_in.weight": [8, 3, 3, 3], "decoder.latent_conv_in.weight": [8, 16, 1, 1]},
+    "flux_transparent_encoder": {"encoder.blocks.16.weight": [16, 8, 3, 3], "encoder.blocks.16.bias": [16]},
+    "flux_vae": ["sd_vae.decoder.conv_in.weight"],
+}
+
+
+def flux_state(seed: int = 0, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for section in ("flux_transparent_decoder", "flux_transparent_encoder"):
+        state.update({k: torch.randn(s, generator=g).to(dtype) for k, s in SMALL_MANIFEST[section].items()})
+    state["sd_vae.decoder.conv_in.weight"] = torch.randn(4, 16, 3, 3, generator=g).to(dtype)
+    return state
+
+
+def pickle_bytes(tmp_path, state) -> bytes:
+    path = tmp_path / "tmp.pth"
+    torch.save(state, str(path))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+@pytest.fixture
+def flux_hub(tmp_path, monkeypatch):
+    files = {PTH: pickle_bytes(tmp_path, flux_state(1)), "layerlora.safetensors": safetensors_bytes(tmp_path, seed=3)}
+    with FakeHub(files=files, repo_id=FLUX_REPO) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        yield h
+
+
+def flux_store(folder, **kw) -> ModelStore:
+    return ModelStore(folder, manifests={"TransparentVAE": SMALL_MANIFEST}, **kw)
+
+
+def converted_tensors(path) -> dict[str, torch.Tensor]:
+    return model_store.load_state_dict(str(path))
+
+
+def test_transparent_vae_pth_is_downloaded_and_converted(flux_hub, folder):
+    store = flux_store(folder)
+    path = store.path("TransparentVAE")
+    assert path == str(folder / CONVERTED) == store.local_path("TransparentVAE")
+    assert (folder / PTH).read_bytes() == flux_hub.files[PTH]  # downloaded as published, kept
+    assert store.source_path("TransparentVAE") == str(folder / PTH)
+    got = converted_tensors(path)
+    source = flux_state(1)
+    assert sorted(got) == sorted(k for k in source if not k.startswith("sd_vae."))
+    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], source[k]) for k in got)
+    assert [r.path for r in flux_hub.requests if r.method == "GET"][0].startswith("/cdn/")
+    assert any(r.path == f"/{FLUX_REPO}/resolve/main/{PTH}" for r in flux_hub.requests)
+    # from now on only the .safetensors is read: no request, no unpickling
+    n = len(flux_hub.requests)
+    (folder / PTH).unlink()
+    assert flux_store(folder).path("TransparentVAE") == path
+    assert set(flux_store(folder).load("TransparentVAE")) == set(got)
+    assert len(flux_hub.requests) == n
+
+
+def test_the_pth_is_unpickled_once_with_weights_only(flux_hub, folder, monkeypatch):
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real(*a, **k))
+    store = flux_store(folder)
+    store.path("TransparentVAE")
+    store.path("TransparentVAE.pth")  # the same entry
+    assert loads == [{"map_location": "cpu", "weights_only": True}]  # converted once, safely
+
+
+def test_a_pth_already_in_the_folder_is_converted_without_any_request(flux_hub, folder, tmp_path):
+    folder.mkdir(parents=True)
+    (folder / PTH).write_bytes(pickle_bytes(tmp_path, flux_state(5)))
+    store = flux_store(folder, allow_download=False)
+    assert torch.equal(converted_tensors(store.path("TransparentVAE"))["decoder.conv_in.weight"],
+                       flux_state(5)["decoder.conv_in.weight"])
+    assert flux_hub.requests == []
+
+
+def test_layerlora_is_downloaded_from_the_flux_repo(flux_hub, folder):
+    path = ModelStore(folder).path("layerlora")
+    assert path == str(folder / "layerlora.safetensors")
+    assert (folder / "layerlora.safetensors").read_bytes() == flux_hub.files["layerlora.safetensors"]
+
+
+def test_interrupted_pth_download_resumes(flux_hub, folder):
+    cut = 3 * CHUNK
+    flux_hub.drop_after[PTH] = [cut]
+    store = flux_store(folder, download_attempts=1)
+    with pytest.raises(ModelFileError, match=f"download of {PTH} .* was interrupted"):
+        store.path("TransparentVAE")
+    assert not (folder / CONVERTED).exists() and not (folder / PTH).exists()
+    assert store.path("TransparentVAE") == str(folder / CONVERTED)
+    assert [r for r in flux_hub.requests if r.method == "GET"][-1].range == f"bytes={cut}-"
+
+
+def test_flux_offline_message_names_the_pth_and_its_url(flux_hub, folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFileError, match="HF_HUB_OFFLINE") as err:
+        flux_store(folder).path("TransparentVAE")
+    msg = str(err.value)
+    assert f"Neither {CONVERTED} nor {PTH} is in {folder}" in msg
+    assert f"{flux_hub.url}/{FLUX_REPO}/resolve/main/{PTH}" in msg
+    assert f"converted to {CONVERTED} on first use" in msg
+    assert flux_hub.requests == []
+
+
+def test_a_downloaded_pth_that_fails_the_check_is_deleted(flux_hub, folder, tmp_path):
+    bad = flux_state(1)
+    del bad["encoder.blocks.16.bias"]
+    flux_hub.files[PTH] = pickle_bytes(tmp_path, bad)
+    store = flux_store(folder)
+    with pytest.raises(ModelFileError) as err:
+        store.path("TransparentVAE")
+    msg = str(err.value)
+    assert str(folder / PTH) in msg and "missing tensors: encoder.blocks.16.bias" in msg and "deleted" in msg
+    assert not (folder / PTH).exists() and not (folder / CONVERTED).exists()
+    flux_hub.files[PTH] = pickle_bytes(tmp_path, flux_state(1))  # fixed: the next attempt downloads it anew
+    assert store.path("TransparentVAE") == str(folder / CONVERTED)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pth_with_code_in_it_is_refused_and_kept_when_it_is_the_users(flux_hub, folder, tmp_path):
+    marker = tmp_path / "ran"
+    state = flux_state(1)
+    state["decoder.conv_in.weight"] = _Payload(marker)
+    folder.mkdir(parents=True)
+    (folder / PTH).write_bytes(pickle_bytes(tmp_path, state))
+    with pytest.raises(ModelFileError, match="refused and not loaded") as err:
+        flux_store(folder).path("TransparentVAE")
+    assert str(folder / PTH) in str(err.value) and f"{FLUX_REPO}/resolve/main/{PTH}" in str(err.value)
+    assert not marker.exists()
+    assert (folder / PTH).exists() and not (folder / CONVERTED).exists()  # the user's file is never deleted
+    assert flux_hub.requests == []
+
+
+def test_a_bad_conversion_in_the_folder_is_reported_not_replaced(flux_hub, folder, tmp_path):
+    folder.mkdir(parents=True)
+    (folder / PTH).write_bytes(pickle_bytes(tmp_path, flux_state(1)))
+    save_file(tensors(0), str(folder / CONVERTED))  # some other safetensors under the converted name
+    before = (folder / CONVERTED).read_bytes()
+    with pytest.raises(ModelFileError) as err:
+        flux_store(folder).load("TransparentVAE")
+    msg = str(err.value)
+    assert str(folder / CONVERTED) in msg and "missing tensors" in msg and f"Delete it to convert {PTH}" in msg
+    assert (folder / CONVERTED).read_bytes() == before and flux_hub.requests == []
+
+
+def test_default_manifest_is_the_shipped_one(folder):
+    from lib_layerdiffusion.networks.pickle_conversion import load_manifest
+
+    store = ModelStore(folder)
+    assert store._manifest(MODEL_FILES["TransparentVAE"]) is load_manifest()
+    assert len(load_manifest().required) == 538 + 18

@@ -20,8 +20,14 @@ Resolving a file (:meth:`ModelStore.path`):
 * Every file is checked (safetensors header against the file size) before it is returned or handed to torch.
   A damaged file the user has in the folder is reported, never deleted; a damaged file this store has just
   downloaded is deleted (so that the next attempt downloads it anew) and reported.
+* FLUX.1's transparent VAE is published only as a torch pickle, ``TransparentVAE.pth``
+  (RedAIGC/Flux-version-LayerDiffuse). Its entry serves ``TransparentVAE.safetensors``: when that is missing, the
+  ``.pth`` (found in the folder, else downloaded as above) is converted once by
+  :mod:`~lib_layerdiffusion.networks.pickle_conversion` (``torch.load(weights_only=True)``, checked against the
+  shipped manifest, only the ``decoder.*`` / ``encoder.*`` tensors written). From then on only the
+  ``.safetensors`` is read; the ``.pth`` is left where it is (and may be deleted).
 
-Only safetensors are ever loaded (never pickle). :meth:`ModelStore.load` keeps the most recently used state
+Only safetensors are ever loaded (a pickle is only ever read by the weights-only unpickler, to convert it). :meth:`ModelStore.load` keeps the most recently used state
 dicts in a small bounded, thread-safe cache; a file replaced on disk (size, mtime_ns or inode changed) is
 read again.
 """
@@ -41,6 +47,7 @@ from types import MappingProxyType
 import torch
 
 from ..errors import ModelFileError
+from .pickle_conversion import ManifestSource, check_converted, convert_pickle_checkpoint, load_manifest
 from .safetensors_io import load_state_dict, read_header
 
 logger = logging.getLogger(__name__)
@@ -48,14 +55,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_ID = "LayerDiffusion/layerdiffusion-v1"
 REVISION = "main"
+FLUX_REPO_ID = "RedAIGC/Flux-version-LayerDiffuse"
 
 
 @dataclass(frozen=True)
 class ModelFile:
     """One published LayerDiffuse file.
 
-    name: the table key ("vae_transparent_decoder"); filename: the file in the repo and in the models folder;
-    base: the base model family it is for ("sdxl" or "sd15"); description: what it is.
+    name: the table key ("vae_transparent_decoder"); filename: the .safetensors this store serves from the models
+    folder; base: the base model family it is for ("sdxl", "sd15" or "flux"); description: what it is;
+    repo_id / revision: where it is published; source_filename: the published file when it is a torch pickle
+    that is converted into `filename` on first use (None: `filename` itself is published).
     """
 
     name: str
@@ -64,6 +74,12 @@ class ModelFile:
     description: str
     repo_id: str = REPO_ID
     revision: str = REVISION
+    source_filename: str | None = None
+
+    @property
+    def hub_filename(self) -> str:
+        """The file as published (downloaded under this name)."""
+        return self.source_filename or self.filename
 
 
 def _mf(name: str, base: str, description: str) -> ModelFile:
@@ -86,15 +102,23 @@ _FILES = (
     _mf("layer_sd15_joint", "sd15", "SD1.5 UNet patch: foreground, background and blended image together"),
     _mf("layer_sd15_fg2bg", "sd15", "SD1.5 UNet patch: foreground to background"),
     _mf("layer_sd15_bg2fg", "sd15", "SD1.5 UNet patch: background to foreground"),
+    ModelFile(name="layerlora", filename="layerlora.safetensors", base="flux",
+              description="FLUX.1 transformer LoRA: transparent image (latent transparency)", repo_id=FLUX_REPO_ID),
+    ModelFile(name="TransparentVAE", filename="TransparentVAE.safetensors", base="flux",
+              description="FLUX.1 transparent VAE decoder and latent transparency encoder (converted from the "
+                          "published TransparentVAE.pth)",
+              repo_id=FLUX_REPO_ID, source_filename="TransparentVAE.pth"),
 )
 
-#: The 14 published files of LayerDiffusion/layerdiffusion-v1 (revision main), by name. Read-only.
+#: The published files, by name: the 14 of LayerDiffusion/layerdiffusion-v1 and the 2 of
+#: RedAIGC/Flux-version-LayerDiffuse (revision main). Read-only.
 MODEL_FILES: Mapping[str, ModelFile] = MappingProxyType({f.name: f for f in _FILES})
-_BY_FILENAME = {f.filename: f for f in _FILES}
+_BY_FILENAME = {**{f.filename: f for f in _FILES}, **{f.source_filename: f for f in _FILES if f.source_filename}}
 
 
 def model_file(name: str) -> ModelFile:
-    """The table entry for a name ("vae_transparent_decoder") or a filename ("vae_transparent_decoder.safetensors").
+    """The table entry for a name ("vae_transparent_decoder") or a filename ("vae_transparent_decoder.safetensors";
+    "TransparentVAE.pth" names the entry converted from it).
 
     Raises ModelFileError for a name that is not in the table."""
     entry = MODEL_FILES.get(name) or _BY_FILENAME.get(name)
@@ -111,11 +135,12 @@ def _resolve_endpoint(endpoint: str | None) -> str:
 
 
 def model_url(name: str, endpoint: str | None = None) -> str:
-    """The download URL of a file: ``<endpoint>/<repo>/resolve/<revision>/<filename>``.
+    """The download URL of a file: ``<endpoint>/<repo>/resolve/<revision>/<filename>`` (for a converted entry,
+    the published pickle's).
 
     endpoint defaults to $HF_ENDPOINT (a mirror), else https://huggingface.co."""
     entry = model_file(name)
-    return f"{_resolve_endpoint(endpoint)}/{entry.repo_id}/resolve/{entry.revision}/{entry.filename}"
+    return f"{_resolve_endpoint(endpoint)}/{entry.repo_id}/resolve/{entry.revision}/{entry.hub_filename}"
 
 
 def _is_true(value: str | None) -> bool:
@@ -192,6 +217,8 @@ class ModelStore:
         3.6 GB each, so keep it small.
     download_attempts: how many times an interrupted download is resumed within one call (each attempt resumes
         where the last stopped; a refused connection or an HTTP error is not retried).
+    manifests: {name: manifest} for the files converted from a pickle, replacing the manifest shipped with the
+        package (a path, a parsed manifest or a ``PickleManifest``; see ``pickle_conversion.load_manifest``).
 
     No global state: make one instance per configuration. Thread-safe.
     """
@@ -203,6 +230,7 @@ class ModelStore:
         endpoint: str | None = None,
         cache_size: int = 2,
         download_attempts: int = 3,
+        manifests: Mapping[str, ManifestSource] | None = None,
     ):
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
@@ -211,6 +239,7 @@ class ModelStore:
         self.endpoint = endpoint
         self.cache_size = int(cache_size)
         self.download_attempts = max(1, int(download_attempts))
+        self._manifests = {model_file(name).name: load_manifest(m) for name, m in (manifests or {}).items()}
         self._lock = threading.Lock()  # guards the dicts below
         self._file_locks: dict[str, threading.RLock] = {}
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -227,14 +256,21 @@ class ModelStore:
         return model_url(name, self.endpoint)
 
     def local_path(self, name: str) -> str:
-        """Where `name` lives in the folder (whether or not it is there yet)."""
+        """Where `name` lives in the folder (whether or not it is there yet); for a converted entry, the
+        .safetensors conversion."""
         return os.path.join(self.folder, model_file(name).filename)
 
+    def source_path(self, name: str) -> str:
+        """Where the published file of `name` is downloaded to: the pickle of a converted entry, else
+        local_path."""
+        return os.path.join(self.folder, model_file(name).hub_filename)
+
     def path(self, name: str) -> str:
-        """The path of a checked, complete file `<folder>/<filename>`, downloading it first if it is missing.
+        """The path of a checked, complete file `<folder>/<filename>`, downloading it first if it is missing
+        (for a converted entry: downloading the published pickle if it is missing too, then converting it).
 
         name: a table key ("vae_transparent_decoder") or a filename. Raises ModelFileError when the file is
-        missing and cannot be downloaded, or is damaged."""
+        missing and cannot be downloaded (or converted), or is damaged."""
         entry = model_file(name)
         with self._file_lock(entry.name):
             return self._path(entry)
@@ -297,17 +333,26 @@ class ModelStore:
             self._cache.move_to_end(entry.name)
             return hit.state_dict
 
+    def _manifest(self, entry: ModelFile):
+        return self._manifests.get(entry.name) or load_manifest()
+
     def _check(self, entry: ModelFile, path: str) -> None:
-        """read_header (safetensors header against the file size), once per version of the file."""
+        """read_header (safetensors header against the file size; for a conversion, also its tensors against the
+        manifest), once per version of the file."""
         stamp = _stamp(os.stat(path))
         with self._lock:
             if self._checked.get(entry.name) == stamp:
                 return
-        read_header(path)
+        if entry.source_filename:
+            check_converted(path, self._manifest(entry))
+        else:
+            read_header(path)
         with self._lock:
             self._checked[entry.name] = stamp
 
     def _path(self, entry: ModelFile) -> str:
+        if entry.source_filename:
+            return self._converted_path(entry)
         final = self.local_path(entry.name)
         if os.path.isfile(final):
             try:
@@ -324,7 +369,7 @@ class ModelStore:
         if reason is not None:
             raise self._missing(entry, reason)
 
-        self._download(entry, final)
+        self._download(entry, entry.filename, final)
         try:
             self._check(entry, final)
         except ModelFileError as e:  # our own download: remove it so that the next attempt starts afresh
@@ -335,14 +380,61 @@ class ModelStore:
             ) from None
         return final
 
+    def _converted_path(self, entry: ModelFile) -> str:
+        """The .safetensors conversion of a published pickle: checked if there; else converted from the pickle in
+        the folder, downloaded first when it is missing too."""
+        final = self.local_path(entry.name)
+        if os.path.isfile(final):
+            try:
+                self._check(entry, final)
+            except ModelFileError as e:  # never replaced behind the user's back
+                raise ModelFileError(
+                    f"{e} Delete it to convert {entry.source_filename} (published at {self.url(entry.name)}) "
+                    f"again.") from None
+            return final
+
+        source = self.source_path(entry.name)
+        downloaded = False
+        if not os.path.isfile(source):
+            reason = None
+            if not self.allow_download:
+                reason = "automatic model downloads are turned off in the settings"
+            elif _hub_offline():
+                reason = "HF_HUB_OFFLINE is set"
+            if reason is not None:
+                raise self._missing(entry, reason)
+            self._download(entry, entry.source_filename, source)
+            downloaded = True
+        try:
+            convert_pickle_checkpoint(source, self._manifest(entry), final)
+        except ModelFileError as e:
+            if not downloaded:  # the user's own file: report it, never delete it
+                raise ModelFileError(f"{e} The file is published at {self.url(entry.name)}") from None
+            self._remove(source)  # our own download: the next attempt downloads it anew
+            raise ModelFileError(
+                f"{e} It was just downloaded from {self.url(entry.name)} and has been deleted; generate again to "
+                f"download it anew, or download it yourself and put it in {self.folder}."
+            ) from None
+        with self._lock:
+            self._checked[entry.name] = _stamp(os.stat(final))  # checked while converting
+        return final
+
     def _missing(self, entry: ModelFile, reason: str) -> ModelFileError:
+        if entry.source_filename:
+            return ModelFileError(
+                f"[LayerDiffuse] Neither {entry.filename} nor {entry.source_filename} is in {self.folder}, and "
+                f"{entry.source_filename} cannot be downloaded: {reason}. Download {entry.source_filename} from "
+                f"{self.url(entry.name)} and put it in {self.folder} (keep the name {entry.source_filename}); it "
+                f"is converted to {entry.filename} on first use."
+            )
         return ModelFileError(
             f"[LayerDiffuse] The model file {entry.filename} is not in {self.folder} and cannot be downloaded: "
             f"{reason}. Download it from {self.url(entry.name)} and put it in {self.folder} "
             f"(keep the name {entry.filename})."
         )
 
-    def _download(self, entry: ModelFile, final: str) -> None:
+    def _download(self, entry: ModelFile, filename: str, final: str) -> None:
+        """Download `filename` of the entry's repo to `final` (<folder>/<filename>)."""
         try:
             from huggingface_hub import hf_hub_download
         except ImportError:
@@ -350,14 +442,14 @@ class ModelStore:
 
         endpoint = _resolve_endpoint(self.endpoint)
         kwargs = {
-            "repo_id": entry.repo_id, "filename": entry.filename, "revision": entry.revision,
+            "repo_id": entry.repo_id, "filename": filename, "revision": entry.revision,
             "local_dir": self.folder, "endpoint": endpoint,
         }
         if _hub_version() < (0, 23):  # older local_dir downloads symlink into the cache and restart by default
             kwargs.update(local_dir_use_symlinks=False, resume_download=True)
         os.makedirs(self.folder, exist_ok=True)
         url = self.url(entry.name)
-        logger.info("[LayerDiffuse] Downloading %s from %s into %s", entry.filename, url, self.folder)
+        logger.info("[LayerDiffuse] Downloading %s from %s into %s", filename, url, self.folder)
 
         for attempt in range(1, self.download_attempts + 1):
             try:
@@ -371,15 +463,15 @@ class ModelStore:
                     raise self._missing(entry, f"{detail} for {url}") from e
                 if attempt < self.download_attempts:
                     logger.warning("[LayerDiffuse] Download of %s interrupted (%s); resuming (attempt %d of %d)",
-                                   entry.filename, detail, attempt + 1, self.download_attempts)
+                                   filename, detail, attempt + 1, self.download_attempts)
                     continue
                 raise ModelFileError(
-                    f"[LayerDiffuse] The download of {entry.filename} from {url} into {self.folder} was interrupted "
+                    f"[LayerDiffuse] The download of {filename} from {url} into {self.folder} was interrupted "
                     f"({detail}). The part already downloaded is kept in {self._partial_dir()} and the download "
                     f"resumes when you generate again; or download the file yourself and put it in {self.folder}."
                 ) from e
         self._materialize(result, final)
-        logger.info("[LayerDiffuse] Downloaded %s to %s", entry.filename, final)
+        logger.info("[LayerDiffuse] Downloaded %s to %s", filename, final)
 
     def _partial_dir(self) -> str:
         """Where huggingface_hub keeps partial downloads: <folder>/.cache/huggingface/download (0.24 and later)
