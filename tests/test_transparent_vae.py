@@ -13,6 +13,7 @@ from lib_layerdiffusion.errors import InvalidArgumentError, ModelFileError
 from lib_layerdiffusion.networks.transparent_decoder_net import GroupNorm
 from lib_layerdiffusion.networks.transparent_vae import (
     AUGMENTATIONS,
+    SD_LATENT,
     load_transparent_decoder,
     load_transparent_encoder,
 )
@@ -237,6 +238,16 @@ def test_mismatched_inputs_are_refused(decoder, pixel_shape, latent_shape):
         decoder.decode(torch.zeros(pixel_shape), torch.zeros(latent_shape))
 
 
+def test_sd_pixel_input_is_clipped_as_the_reference_does(decoder):
+    # the reference clips the VAE decode to [0,1] before the transparent decoder (FLUX.1's does not)
+    assert decoder.family is SD_LATENT and decoder.latent_channels == 4
+    pixel, latent = _random_inputs(1, 64, 64, seed=8)
+    wide = pixel * 1.4 - 0.2
+    torch.testing.assert_close(decoder.decode_single_pass(wide, latent),
+                               decoder.decode_single_pass(wide.clamp(0, 1), latent), atol=0, rtol=0)
+    assert wide.min() < 0 and wide.max() > 1  # the input itself is left alone
+
+
 def test_output_follows_the_input_and_is_float32(decoder):
     pixel, latent = _random_inputs(1, 64, 64)
     out = decoder.decode(pixel.double(), latent.double(), passes=1)
@@ -362,7 +373,8 @@ def test_encoder_refuses_bad_images(encoder_state):
 def test_package_has_no_host_or_diffusers_import():
     package = Path(__file__).resolve().parent.parent / "lib_layerdiffusion"
     for name in ("networks/transparent_vae.py", "networks/transparent_decoder_net.py",
-                 "networks/offset_encoder_net.py", "images/color_padding.py", "images/outputs.py"):
+                 "networks/offset_encoder_net.py", "networks/pickle_conversion.py", "images/color_padding.py",
+                 "images/outputs.py"):
         tree = ast.parse((package / name).read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
