@@ -447,7 +447,8 @@ CONVERTED = "TransparentVAE.safetensors"
 # a test-sized manifest with the sections of the shipped one (which the conversion tests use at full size)
 SMALL_MANIFEST = {
     "title": "the test FLUX.1 transparent VAE", "filename": PTH,
-    "flux_transparent_decoder": {"decoder.conv_in.weight": [8, 3, 3, 3], "decoder.latent_conv_in.weight": [8, 16, 1, 1]},
+    "flux_transparent_decoder": {"decoder.conv_in.weight": [8, 3, 3, 3],
+                                 "decoder.latent_conv_in.weight": [8, 16, 1, 1]},
     "flux_transparent_encoder": {"encoder.blocks.16.weight": [16, 8, 3, 3], "encoder.blocks.16.bias": [16]},
     "flux_vae": ["sd_vae.decoder.conv_in.weight"],
 }
@@ -496,7 +497,7 @@ def test_transparent_vae_pth_is_downloaded_and_converted(flux_hub, folder):
     source = flux_state(1)
     assert sorted(got) == sorted(k for k in source if not k.startswith("sd_vae."))
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], source[k]) for k in got)
-    assert [r.path for r in flux_hub.requests if r.method == "GET"][0].startswith("/cdn/")
+    assert next(r.path for r in flux_hub.requests if r.method == "GET").startswith("/cdn/")
     assert any(r.path == f"/{FLUX_REPO}/resolve/main/{PTH}" for r in flux_hub.requests)
     # from now on only the .safetensors is read: no request, no unpickling
     n = len(flux_hub.requests)

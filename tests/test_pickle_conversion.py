@@ -44,11 +44,11 @@ SMALL_MANIFEST = {
 REQUIRED = sorted([*SMALL_MANIFEST["flux_transparent_decoder"], *SMALL_MANIFEST["flux_transparent_encoder"]])
 
 
-def seeded(section: dict, dtype=torch.bfloat16) -> "OrderedDict[str, torch.Tensor]":
+def seeded(section: dict, dtype=torch.bfloat16) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, torch.from_numpy(seeded_array(k, s)).to(dtype)) for k, s in sorted(section.items()))
 
 
-def small_state(with_sd_vae: bool = True, dtype=torch.bfloat16) -> "OrderedDict[str, torch.Tensor]":
+def small_state(with_sd_vae: bool = True, dtype=torch.bfloat16) -> OrderedDict[str, torch.Tensor]:
     state = OrderedDict()
     state.update(seeded(SMALL_MANIFEST["flux_transparent_decoder"], dtype))
     state.update(seeded(SMALL_MANIFEST["flux_transparent_encoder"], dtype))

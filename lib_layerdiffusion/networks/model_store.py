@@ -27,9 +27,9 @@ Resolving a file (:meth:`ModelStore.path`):
   shipped manifest, only the ``decoder.*`` / ``encoder.*`` tensors written). From then on only the
   ``.safetensors`` is read; the ``.pth`` is left where it is (and may be deleted).
 
-Only safetensors are ever loaded (a pickle is only ever read by the weights-only unpickler, to convert it). :meth:`ModelStore.load` keeps the most recently used state
-dicts in a small bounded, thread-safe cache; a file replaced on disk (size, mtime_ns or inode changed) is
-read again.
+Only safetensors are ever loaded (a pickle is only ever read by the weights-only unpickler, to convert it).
+:meth:`ModelStore.load` keeps the most recently used state dicts in a small bounded, thread-safe cache; a file
+replaced on disk (size, mtime_ns or inode changed) is read again.
 """
 from __future__ import annotations
 

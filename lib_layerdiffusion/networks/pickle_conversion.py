@@ -205,7 +205,7 @@ def read_pickle_state(path: str | os.PathLike, manifest: ManifestSource = None) 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # the restricted unpickler met something other than tensors
         raise _refused(path, e, manifest) from None
-    except Exception as e:  # a truncated zip, an HTML error page, ...: never a usable file
+    except Exception as e:  # noqa: BLE001 - a truncated zip, an HTML error page, ...: never a usable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise _damaged(path, f"{type(e).__name__}: {first}" if first else type(e).__name__, manifest) from None
     if not isinstance(state, Mapping):
@@ -260,7 +260,7 @@ def convert_pickle_checkpoint(pickle_path: str | os.PathLike, manifest: Manifest
     except ModelFileError:
         _remove_quietly(tmp)
         raise
-    except Exception as e:  # disk full, read-only folder, ...
+    except Exception as e:  # noqa: BLE001 - disk full, read-only folder, ...
         _remove_quietly(tmp)
         raise ModelFileError(
             f"[LayerDiffuse] Could not write {destination}, the .safetensors conversion of {pickle_path} "

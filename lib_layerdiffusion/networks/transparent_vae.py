@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from safetensors import safe_open
+from torch import nn
 from tqdm import tqdm
 
-from ..images.color_padding import pad_rgb
 from ..errors import InvalidArgumentError, ModelFileError
+from ..images.color_padding import pad_rgb
 from .offset_encoder_net import OUTPUT_CONV_KEY, LatentOffsetEncoder
 from .pickle_conversion import ensure_converted, is_pickle_path
 from .safetensors_io import read_header
@@ -96,12 +96,11 @@ SD_LATENT = LatentFamily(
                   "layer_sd15_vae_transparent_decoder.safetensors) or is damaged; replace it"),
     encoder_hint="the file is not vae_transparent_encoder.safetensors or is damaged; replace it",
 )
+_FLUX_HINT = ("the file is not FLUX.1's TransparentVAE.pth (or its conversion TransparentVAE.safetensors) or is "
+              "damaged; replace it")
 FLUX_LATENT = LatentFamily(
     name="FLUX.1", latent_channels=16, rgba_order=True, clip_pixel=False, offset_scale=300.0,
-    decoder_hint=("the file is not FLUX.1's TransparentVAE.pth (or its conversion TransparentVAE.safetensors) "
-                  "or is damaged; replace it"),
-    encoder_hint=("the file is not FLUX.1's TransparentVAE.pth (or its conversion TransparentVAE.safetensors) "
-                  "or is damaged; replace it"),
+    decoder_hint=_FLUX_HINT, encoder_hint=_FLUX_HINT,
 )
 #: The known families by latent width.
 LATENT_FAMILIES: dict[int, LatentFamily] = {f.latent_channels: f for f in (SD_LATENT, FLUX_LATENT)}
@@ -125,10 +124,9 @@ def _section_keys(keys: Iterable[str], prefix: str) -> tuple[dict[str, str], lis
     """Which keys of a file or state dict belong to one network, under the names the network uses.
 
     Returns ({network key: key in the source}, [keys that belong to nothing], whether the source is sectioned).
-    A source with ``decoder.`` /
-    ``encoder.`` keys (FLUX.1's TransparentVAE layout) gives the network the keys under `prefix`, stripped, and
-    passes over the other network's section; a source without them is the network's own keys as they are. The
-    ``sd_vae.`` section is passed over either way."""
+    A source with ``decoder.`` / ``encoder.`` keys (FLUX.1's TransparentVAE layout) gives the network the keys
+    under `prefix`, stripped, and passes over the other network's section; a source without them is the
+    network's own keys as they are. The ``sd_vae.`` section is passed over either way."""
     keys = [k for k in keys if not k.startswith(IGNORED_PREFIXES)]
     sections = (DECODER_PREFIX, ENCODER_PREFIX)
     if not any(k.startswith(sections) for k in keys):
@@ -158,7 +156,7 @@ def _read_source(source: StateSource, prefix: str) -> _Source:
         try:
             with safe_open(path, framework="pt", device="cpu") as f:
                 state = {name: f.get_tensor(key) for name, key in names.items()}
-        except Exception as e:  # safetensors raises its own error types; any of them means a bad file
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; any means a bad file
             raise ModelFileError(
                 f"[LayerDiffuse] The model file {path} is damaged ({e}). Replace it with a good copy.") from None
         return _Source(state, stray, path, prefix if sectioned else "")
