@@ -132,7 +132,7 @@ def check_init_offsets_applied(p, bridge) -> None:
     """After Forge encoded the init images: if the regulation never ran (tiled VAE encode, e.g. after running out
     of memory), the result would be silently opaque, so tell the user."""
     init = getattr(p, INIT_ATTR, None)
-    if init is not None and not init.regulation_calls:
+    if init is not None and (not init.regulation_calls or 0 in init.regulation_calls):
         bridge.tell_user(p, "[LayerDiffuse] Forge encoded the init image without the transparency offset (tiled "
                             "VAE encode); the result's alpha will not follow the input. Use a smaller image or "
                             "free some memory.")
@@ -160,6 +160,8 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
         return None
     pixel = (getattr(p, PIXELS_ATTR, None) or {}).get(index, composed).convert("RGB")
     latent = _final_latent(p, index, pixel.size)
+    log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f", index,
+             tuple(latent.shape), latent.mean().item(), latent.std().item())
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     rgba = rgba_image(_decode(decoder, pixel, latent, gen))
@@ -216,7 +218,7 @@ class _BuiltModels:
     def get(self, store: ModelStore, name: str, device, dtype, loader):
         path = store.path(name)
         st = os.stat(path)
-        key = (path, st.st_size, st.st_mtime_ns, str(device), dtype)
+        key = (loader.__name__, path, st.st_size, st.st_mtime_ns, str(device), dtype)  # one file may hold both nets
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

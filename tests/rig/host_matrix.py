@@ -1,0 +1,160 @@
+"""Run LayerDiffuse's methods through a REAL running Forge (any generation) and keep the results, so that the
+same cases can be compared between hosts and with the original extension (opt-in; needs the rig of
+../shared/rig with its random-weight checkpoints).
+
+    python tests/rig/host_matrix.py run --url http://127.0.0.1:7861 --out OUT/main --cases sd15 sdxl
+    python tests/rig/host_matrix.py compare OUT/main OUT/neo
+
+`run` writes OUT/<case>/{image_N.png, result.json}; result.json has the HTTP status, the images' modes and
+alpha statistics, whether every image's infotext carries layerdiffusion_* fields, and the error body, if any.
+`compare` prints, per case both folders have, the largest pixel difference of each image (0-255). Standard
+library + numpy + Pillow (tests/forge_api.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from forge_api import ForgeClient, b64_to_bytes, decode_png, error_messages, png_b64  # noqa: E402
+from test_forge_integration import bg_image, blend_image, fg_image  # noqa: E402
+
+SDXL, SD15 = "rig_sdxl_base_random", "rig_sd15_random"
+M = {
+    "sd15_attn": "(SD1.5) Only Generate Transparent Image (Attention Injection)",
+    "sd15_fg2bg": "(SD1.5) From Foreground to Background (need batch size 2)",
+    "sd15_bg2fg": "(SD1.5) From Background to Foreground (need batch size 2)",
+    "sd15_joint": "(SD1.5) Generate Everything Together (need batch size 3)",
+    "sdxl_attn": "(SDXL) Only Generate Transparent Image (Attention Injection)",
+    "sdxl_conv": "(SDXL) Only Generate Transparent Image (Conv Injection)",
+    "sdxl_fg2ble": "(SDXL) From Foreground to Blending",
+    "sdxl_fgble2bg": "(SDXL) From Foreground and Blending to Background",
+    "sdxl_bg2ble": "(SDXL) From Background to Blending",
+    "sdxl_bgble2fg": "(SDXL) From Background and Blending to Foreground",
+}
+
+
+def _case(model, method, batch=1, inputs=(), img2img=False, hires=False):
+    return dict(model=model, method=M[method], batch=batch, inputs=inputs, img2img=img2img, hires=hires)
+
+
+CASES = {
+    "sd15_attn": _case(SD15, "sd15_attn"),
+    "sd15_attn_b2": _case(SD15, "sd15_attn", batch=2),
+    "sd15_joint": _case(SD15, "sd15_joint", batch=3),
+    "sd15_fg2bg": _case(SD15, "sd15_fg2bg", batch=2, inputs=("fg",)),
+    "sd15_bg2fg": _case(SD15, "sd15_bg2fg", batch=2, inputs=("bg",)),
+    "sd15_img2img": _case(SD15, "sd15_attn", img2img=True),
+    "sd15_hires": _case(SD15, "sd15_attn", hires=True),
+    "sdxl_attn": _case(SDXL, "sdxl_attn"),
+    "sdxl_attn_b2": _case(SDXL, "sdxl_attn", batch=2),
+    "sdxl_conv": _case(SDXL, "sdxl_conv"),
+    "sdxl_fg2ble": _case(SDXL, "sdxl_fg2ble", batch=2, inputs=("fg",)),
+    "sdxl_fgble2bg": _case(SDXL, "sdxl_fgble2bg", inputs=("fg", "blend")),
+    "sdxl_bg2ble": _case(SDXL, "sdxl_bg2ble", inputs=("bg",)),
+    "sdxl_bgble2fg": _case(SDXL, "sdxl_bgble2fg", inputs=("bg", "blend")),
+    "sdxl_img2img": _case(SDXL, "sdxl_attn", img2img=True),
+    "sdxl_hires": _case(SDXL, "sdxl_attn", hires=True),
+}
+GROUPS = {"sd15": [k for k in CASES if k.startswith("sd15")], "sdxl": [k for k in CASES if k.startswith("sdxl")]}
+
+
+def payload(case: dict, size: int, steps: int) -> tuple[str, dict]:
+    images = {"fg": png_b64(fg_image(size)), "bg": png_b64(bg_image(size)), "blend": png_b64(blend_image(size))}
+    args = [True, case["method"], 1.0, 1.0, images["fg"] if "fg" in case["inputs"] else None,
+            images["bg"] if "bg" in case["inputs"] else None, images["blend"] if "blend" in case["inputs"] else None,
+            "Crop and Resize", False, "", "", ""]
+    body = {"prompt": "a glass bottle, transparent background", "negative_prompt": "", "width": size,
+            "height": size, "steps": steps, "sampler_name": "Euler", "cfg_scale": 5, "seed": 12345,
+            "batch_size": case["batch"], "n_iter": 1, "send_images": True, "save_images": True,
+            "alwayson_scripts": {"LayerDiffuse": {"args": args}}}
+    if case["img2img"]:
+        body.update(init_images=[png_b64(fg_image(size))], denoising_strength=0.6, resize_mode=0)
+        return "/sdapi/v1/img2img", body
+    if case["hires"]:
+        body.update(enable_hr=True, hr_scale=1.25, hr_upscaler="Latent", denoising_strength=0.6,
+                    hr_second_pass_steps=steps, hr_additional_modules=["Use same choices"])
+    return "/sdapi/v1/txt2img", body
+
+
+def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int) -> dict:
+    case = CASES[name]
+    forge.select_checkpoint(case["model"])
+    path, body = payload(case, size, steps)
+    start = time.monotonic()
+    r = forge.post(path, body)
+    result = {"case": name, "status": r.status, "seconds": round(time.monotonic() - start, 1)}
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if r.ok:
+        info = r.json.get("info") or "{}"
+        info = json.loads(info) if isinstance(info, str) else info
+        infotexts = info.get("infotexts") or []
+        described = []
+        for i, b64 in enumerate(r.json.get("images") or []):
+            raw = b64_to_bytes(b64)
+            (folder / f"image_{i}.png").write_bytes(raw)
+            image = decode_png(raw)
+            entry = {"mode": image.mode, "size": list(image.size)}
+            if image.mode == "RGBA":
+                alpha = np.asarray(image)[..., 3].astype(np.float64)
+                entry.update(alpha_mean=round(alpha.mean(), 2), alpha_std=round(alpha.std(), 2))
+            described.append(entry)
+        result.update(images=described, infotexts=infotexts,
+                      layerdiffusion_infotext=bool(infotexts) and all("layerdiffusion_method" in t for t in infotexts),
+                      rgba_first=bool(described) and described[0]["mode"] == "RGBA")
+    else:
+        result["errors"] = error_messages(r) or [r.text(2000)]
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def compare(a: Path, b: Path) -> None:
+    for case in sorted(p.name for p in a.iterdir() if (b / p.name).is_dir()):
+        diffs = []
+        for image_a in sorted((a / case).glob("image_*.png")):
+            image_b = b / case / image_a.name
+            if not image_b.exists():
+                diffs.append(f"{image_a.name}: missing")
+                continue
+            pa, pb = (np.asarray(decode_png(p.read_bytes())).astype(int) for p in (image_a, image_b))
+            diffs.append(f"{image_a.name}: " + ("shape differs" if pa.shape != pb.shape
+                                                 else f"max {np.abs(pa - pb).max()} mean {np.abs(pa - pb).mean():.3f}"))
+        print(f"{case}: " + "; ".join(diffs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--url", default=os.environ.get("LAYERDIFFUSE_FORGE_URL", "http://127.0.0.1:7861"))
+    run.add_argument("--out", required=True, type=Path)
+    run.add_argument("--cases", nargs="+", default=["sd15", "sdxl"], help="case names or groups (sd15, sdxl)")
+    run.add_argument("--size", type=int, default=256)
+    run.add_argument("--steps", type=int, default=2)
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("a", type=Path)
+    cmp_.add_argument("b", type=Path)
+    a = ap.parse_args()
+    if a.command == "compare":
+        compare(a.a, a.b)
+        return 0
+    forge = ForgeClient(a.url, timeout_s=3600)
+    names = [n for c in a.cases for n in GROUPS.get(c, [c])]
+    failed = 0
+    for name in names:
+        result = run_case(forge, name, a.out, a.size, a.steps)
+        brief = {k: result.get(k) for k in ("status", "seconds", "rgba_first", "layerdiffusion_infotext")}
+        print(name, json.dumps(brief), json.dumps(result.get("images") or result.get("errors")), flush=True)
+        failed += result["status"] != 200
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
