@@ -1,6 +1,9 @@
-"""The WebUI's modules/ package. Its parts LayerDiffuse uses (paths, shared, script_callbacks, images, scripts)
-are the same A1111 code in both Forge generations, so the fakes of tests/fake_forge/modules are reused."""
+"""The WebUI's modules/ package. A file only reForge has (stealth_infotext.py) is in ../reforge_only/modules and
+joins this package's path when the switch says reForge, so that on `previous` it is missing, as it is there."""
 import os
 
-__path__.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                             "fake_forge", "modules"))
+import fake_host
+
+if fake_host.is_reforge():
+    __path__.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reforge_only",
+                                 "modules"))

@@ -1,42 +1,23 @@
-"""Mirrors ldm_patched/modules/model_base.py BaseModel: parameters named diffusion_model.<unet key>, with its
-model_sampling (ldm_patched/modules/model_sampling.py) and latent_format (ldm_patched/modules/latent_formats.py).
-"""
+"""ldm_patched/modules/model_base.py BaseModel of both hosts (:42 bfee03d8, :115 3b56b268): latent_format and
+model_config from the model config (supported_models.py SD15 / SDXL, whose latent_format the config instantiates,
+supported_models_base.py:46 / :60), model_sampling, and the UNet as diffusion_model. The UNet is tiny, with the
+names of ldm_patched/ldm/modules/diffusionmodules/openaimodel.py UNetModel: the input conv (4 channels in), an
+output layer, and CrossAttention modules at the names asked for."""
+from types import SimpleNamespace
+
 import torch
 
-
-class ModelSamplingDiscrete:
-    """model_sampling.py ModelSamplingDiscrete.percent_to_sigma: 0 → huge, 1 → 0, decreasing in between (the
-    real one reads the sigma table at (1 - percent) * 999; a smooth stand-in here)."""
-
-    def percent_to_sigma(self, percent):
-        if percent <= 0.0:
-            return 999999999.9
-        if percent >= 1.0:
-            return 0.0
-        return 14.6 * (1.0 - percent) ** 2
+import fake_host
+from ldm_patched.modules import latent_formats
+from ldm_patched.modules.model_sampling import ModelSamplingDiscrete
 
 
-class SDXL:  # latent_formats.py SDXL
-    scale_factor = 0.13025
-
-    def process_in(self, latent):
-        return latent * self.scale_factor
+def model_config(sdxl):
+    """supported_models.py SDXL (latent_format :167 / :199) or SD15 (:31 / :44)."""
+    return SimpleNamespace(latent_format=latent_formats.SDXL() if sdxl else latent_formats.SD15())
 
 
-class SD15(SDXL):  # latent_formats.py SD15
-    scale_factor = 0.18215
-
-
-def _add_at(root, dotted, module):
-    *path, last = dotted.split(".")
-    for name in path:
-        if name not in root._modules:
-            root.add_module(name, torch.nn.Module())
-        root = root._modules[name]
-    root.add_module(last, module)
-
-
-class FakeAttention(torch.nn.Module):
+class CrossAttention(torch.nn.Module):
     """ldm_patched/ldm/modules/attention.py CrossAttention: heads, to_q/to_k/to_v, to_out = [Linear, Dropout]."""
 
     def __init__(self, dim=8, context_dim=None, heads=2):
@@ -48,17 +29,33 @@ class FakeAttention(torch.nn.Module):
         self.to_out = torch.nn.ModuleList([torch.nn.Linear(dim, dim), torch.nn.Dropout(0.0)])
 
 
-class BaseModel(torch.nn.Module):
-    """A tiny UNet (ldm_patched/ldm/modules/diffusionmodules/openaimodel.py UNetModel names): the input conv,
-    an output Linear, and attention modules at the given names (attn2 ones take a 12-wide context)."""
+def _add_at(root, dotted, module):
+    *path, last = dotted.split(".")
+    for name in path:
+        if name not in root._modules:
+            root.add_module(name, torch.nn.Module())
+        root = root._modules[name]
+    root.add_module(last, module)
 
-    def __init__(self, attention_names=(), sdxl=True):
+
+class BaseModel(torch.nn.Module):
+    def __init__(self, model_config, attention_names=()):
         super().__init__()
+        self.latent_format = model_config.latent_format  # :47 / :120
+        if fake_host.is_reforge():
+            self.latent_channels = getattr(self.latent_format, "latent_channels", None)  # :122 (3b56b268)
+        self.model_config = model_config  # :48 / :123
         unet = torch.nn.Module()
+        gen = torch.Generator().manual_seed(0)
         _add_at(unet, "input_blocks.0.0", torch.nn.Conv2d(4, 8, 3, padding=1))
         unet.out = torch.nn.Linear(8, 8)
         for name in attention_names:
-            _add_at(unet, name, FakeAttention(8, 12 if name.endswith("attn2") else None))
-        self.diffusion_model = unet
-        self.model_sampling = ModelSamplingDiscrete()
-        self.latent_format = SDXL() if sdxl else SD15()
+            _add_at(unet, name, CrossAttention(8, 12 if name.endswith("attn2") else None))
+        with torch.no_grad():
+            for parameter in unet.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.1)
+        self.diffusion_model = unet  # :56 / :135
+        self.model_sampling = ModelSamplingDiscrete(model_config)  # :58 / :141
+
+    def memory_required(self, input_shape):
+        return 0
