@@ -44,6 +44,7 @@ class SamplingPlan:
     attention_sharing: AttentionSharingPlan | None
     stop_at: float | None  # fraction of the schedule after which the unpatched model samples; None: never
     decoder_file: str | None  # the transparent decoder, when this sampling makes transparent images
+    lora_file: str | None = None  # model-store name of a PEFT LoRA (FLUX.1), loaded by the host's LoRA mapping
     # The transparent decoder was trained on the raw VAE latent (what the VAE's decode receives, i.e.
     # process_out of the sampler's latent), so that is what the host records for it.
     decode_reads_raw_latent: bool = True
@@ -77,6 +78,9 @@ def plan_sampling(args: LayerDiffuseArgs, noise_shape: tuple[int, ...], main_pro
         sharing = AttentionSharingPlan(method.model_file, config, control, _frame_prompts(args, main_prompt))
         return SamplingPlan(weight_patch_file=None, strength=float(args.weight), concat=None,
                             attention_sharing=sharing, stop_at=stop_at, decoder_file=decoder)
+    if method.patch_kind is PatchKind.PEFT_LORA:
+        return SamplingPlan(weight_patch_file=None, strength=float(args.weight), concat=None, attention_sharing=None,
+                            stop_at=stop_at, decoder_file=decoder, lora_file=method.model_file)
     concat = None
     if method.inputs:
         images = tuple(_input_image(args, layer, height, width) for layer in method.inputs)

@@ -34,6 +34,7 @@ def test_method_values_are_the_original_spelling_in_order():
         "(SDXL) From Foreground and Blending to Background",
         "(SDXL) From Background to Blending",
         "(SDXL) From Background and Blending to Foreground",
+        "(FLUX.1) Only Generate Transparent Image",  # new: not in the original extension
     )
     assert DEFAULT_METHOD.value == SDXL_ATTN
 
@@ -109,7 +110,7 @@ def test_validation_messages():
     check_request(attn, BaseModel.SDXL, 2)
     with pytest.raises(UnsupportedModelError, match="needs an SDXL checkpoint.*is SD1.5"):
         check_request(attn, BaseModel.SD15, 1)
-    with pytest.raises(UnsupportedModelError, match="neither SDXL nor SD1.5"):
+    with pytest.raises(UnsupportedModelError, match="not SDXL, SD1.5 or FLUX.1"):
         check_request(attn, None, 1)
     with pytest.raises(InvalidArgumentError, match="needs a foreground image"):
         check_request(LayerDiffuseArgs.from_script_args(True, FG2BLE), BaseModel.SDXL, 1)
@@ -214,3 +215,18 @@ def test_lists_of_short_values_are_still_lists():
         LayerDiffuseArgs.from_script_args(*forge_slots("y"))
     assert LayerDiffuseArgs.from_script_args(*forge_slots([True, SDXL_ATTN, 0.5])).weight == 0.5
     assert LayerDiffuseArgs.from_script_args(*forge_slots(["1", SDXL_ATTN])).enabled
+
+
+def test_flux_method_and_checkpoint_families_refuse_each_other():
+    flux = LayerDiffuseArgs.from_script_args(True, "(FLUX.1) Only Generate Transparent Image")
+    assert flux.method.base is BaseModel.FLUX and flux.method.makes_transparent
+    assert flux.method.decoder_file == flux.method.encoder_file == "TransparentVAE"
+    check_request(flux, BaseModel.FLUX, 2, latent_channels=16)
+    with pytest.raises(UnsupportedModelError, match="needs a FLUX.1 checkpoint.*is SDXL.*choose an \\(SDXL\\) method"):
+        check_request(flux, BaseModel.SDXL, 1)
+    with pytest.raises(UnsupportedModelError, match="needs an SDXL checkpoint.*is FLUX.1.*choose a \\(FLUX.1\\) method"):
+        check_request(LayerDiffuseArgs.from_script_args(True, SDXL_ATTN), BaseModel.FLUX, 1)
+    with pytest.raises(UnsupportedModelError, match="16 latent channels; the loaded one has 4"):
+        check_request(flux, BaseModel.FLUX, 1, latent_channels=4)
+    with pytest.raises(UnsupportedModelError, match="4 latent channels; the loaded one has 32"):
+        check_request(LayerDiffuseArgs.from_script_args(True, SDXL_ATTN), BaseModel.SDXL, 1, latent_channels=32)

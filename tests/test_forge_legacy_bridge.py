@@ -198,7 +198,7 @@ def test_what_each_host_offers_is_what_the_bridge_reports(bridge, env):
     assert bridge.has_init_images_hook() is env.reforge
     assert bridge.infotext_takes_callables() is env.reforge
     assert bridge.latent_channels(p.sd_model) == (4 if env.reforge else None)
-    assert bridge.stealth_infotext_mode() == ("Alpha" if env.reforge else "None")
+    assert bridge.stealth_infotext_mode() == "None"  # reForge: stealth_pnginfo_opt defaults to "None"
     assert bridge._lora_adapter_class() is (
         importlib.import_module("ldm_patched.modules.weight_adapter").LoRAAdapter if env.reforge else None)
 
@@ -728,8 +728,6 @@ def test_reforge_transparent_img2img_end_to_end(script, bridge, decoder_calls):
 
 
 @only("reforge")
-@pytest.mark.xfail(strict=True, reason="webui.stealth_infotext_mode reads 'stealth_pnginfo_option' (Forge main's "
-                                       "key); reForge's is 'stealth_pnginfo_opt', so its RGB mode is not refused")
 def test_reforge_stealth_infotext_rgb_mode_is_refused_before_sampling(script, bridge, opts):
     from lib_layerdiffusion.errors import LayerDiffuseError
     opts.data["stealth_pnginfo_opt"] = "RGB"  # reForge's Settings → Stealth infotext mode

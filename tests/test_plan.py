@@ -60,3 +60,11 @@ def test_the_plan_is_a_frozen_value():
     with pytest.raises(AttributeError):
         plan.strength = 2.0
     assert plan == plan_sampling(request("(SDXL) Only Generate Transparent Image (Conv Injection)"), (1, 4, 8, 8), "")
+
+
+def test_flux_plans_its_lora_through_the_host_and_the_16_channel_decoder():
+    plan = plan_sampling(request("(FLUX.1) Only Generate Transparent Image", weight=0.8, ending_step=0.9),
+                         (1, 16, 32, 32), "a glass")
+    assert plan.lora_file == "layerlora" and plan.weight_patch_file is None
+    assert plan.strength == pytest.approx(0.8) and plan.stop_at == pytest.approx(0.9)
+    assert plan.decoder_file == "TransparentVAE" and plan.concat is None and plan.attention_sharing is None

@@ -11,6 +11,7 @@ from ..networks.attention_sharing import COND_OVERWRITE_KEY, SD15_ATTENTION_LAYE
 from ..networks.model_store import ModelStore, model_file
 from ..networks.unet_patch_file import parse_patch_file
 from ..plan import AttentionSharingPlan, SamplingPlan
+from . import flux_lora
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def apply_plan(p, plan: SamplingPlan, host, store: ModelStore, base_name: str) -
     unet = host.clone_unet(p)
     if plan.weight_patch_file is not None:
         _add_weight_patches(unet, plan, host, store, base_name)
+    if plan.lora_file is not None:
+        _add_peft_lora(p, unet, plan, host, store)
     if plan.concat is not None:  # before stop-at, whose modifier takes the concat condition out again
         latent = host.encode_images(p, list(plan.concat.images))
         host.set_concat_condition(unet, latent, plan.concat.batch_size)
@@ -51,6 +54,20 @@ def _add_weight_patches(unet, plan: SamplingPlan, host, store: ModelStore, base_
     if matched < len(patches):
         log.warning("[LayerDiffuse] Only %d of %d weights in %s match the loaded UNet.", matched, len(patches),
                     filename)
+
+
+def _add_peft_lora(p, unet, plan: SamplingPlan, host, store: ModelStore) -> None:
+    """A diffusers/PEFT LoRA through the host's own key mapping. Keys that land on no weight of the loaded model
+    are reported to the user; if none lands, the image would come out opaque, so the generation stops."""
+    filename = model_file(plan.lora_file).filename
+    state_dict = store.load(plan.lora_file)
+    unmatched = host.add_peft_lora(unet, filename, state_dict, plan.strength)
+    if not unmatched:
+        return
+    message = flux_lora.unmatched_message(filename, unmatched, len(state_dict))
+    if len(unmatched) >= len(state_dict):
+        raise ModelFileError(message + " Nothing of it applies, so the image would not come out transparent.")
+    host.tell_user(p, message)
 
 
 def _units(p, sharing: AttentionSharingPlan, unet, host, store: ModelStore):

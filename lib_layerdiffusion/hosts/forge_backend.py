@@ -9,7 +9,7 @@ from __future__ import annotations
 from backend import memory_management  # backend/memory_management.py
 from backend.sampling.sampling_function import sampling_prepare  # backend/sampling/sampling_function.py
 
-from . import comfy_patcher
+from . import comfy_patcher, flux_lora
 from ..networks.attention_sharing import sd15_attention_modules
 from .comfy_patcher import (  # noqa: F401  (part of this host's interface)
     clone_unet, fail_sampling, install_unet, record_vae_decodes, set_transformer_option, set_vae_regulation,
@@ -46,6 +46,13 @@ def add_weight_patches(unet, filename, patches, strength) -> int:
     values = comfy_patcher.patch_values(patches, comfy_patcher.slot_list)
     return len(unet.add_patches(filename=filename, patches=values, strength_patch=float(strength),
                                 strength_model=1.0))
+
+
+def add_peft_lora(unet, filename, state_dict, strength):
+    """The FLUX.1 port's PEFT LoRA through Forge's own key map (backend/patcher/lora.py, see flux_lora); returns
+    the file's keys that land nowhere (key -> why). Imported here: only Forge's full tree has that module."""
+    from backend.patcher import lora  # backend/patcher/lora.py
+    return flux_lora.forge_add_flux_lora(unet, filename, state_dict, strength, lora)
 
 
 def encode_images(p, images):

@@ -14,6 +14,7 @@ from ldm_patched.modules import model_management  # ldm_patched/modules/model_ma
 from modules_forge.forge_sampler import sampling_prepare  # modules_forge/forge_sampler.py
 
 from . import comfy_patcher
+from ..errors import UnsupportedModelError
 from ..networks.attention_sharing import sd15_attention_modules
 from .comfy_patcher import (  # noqa: F401  (part of this host's interface)
     clone_unet, fail_sampling, install_unet, record_vae_decodes, set_transformer_option, set_vae_regulation,
@@ -67,6 +68,12 @@ def add_weight_patches(unet, filename, patches, strength) -> int:
     adapter_class = _lora_adapter_class()
     values = comfy_patcher.patch_values(patches, lambda patch: _patch_value(patch, adapter_class))
     return len(set(unet.add_patches(values, strength_patch=float(strength), strength_model=1.0)))
+
+
+def add_peft_lora(unet, filename, state_dict, strength):
+    """FLUX.1 runs in Forge main and Forge Neo (backend/diffusion_engine/flux.py), not in this bridge."""
+    raise UnsupportedModelError(f"[LayerDiffuse] The FLUX.1 method needs Forge (main) or Forge Neo; {NAME} is "
+                                f"not supported for it.")
 
 
 def encode_images(p, images):

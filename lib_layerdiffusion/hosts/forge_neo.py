@@ -15,7 +15,7 @@ from __future__ import annotations
 from backend.sampling.condition import Condition  # backend/sampling/condition.py
 from modules_forge.packages.comfy.weight_adapter import LoRAAdapter  # .../weight_adapter/lora.py
 
-from . import comfy_patcher
+from . import comfy_patcher, flux_lora
 from .forge_backend import (  # noqa: F401  (what Neo shares with Forge main's backend)
     add_stop_at, attention_modules, compute_device_and_dtype, encode_images, latent_channels, text_condition,
     unet_device_and_dtype,
@@ -44,6 +44,13 @@ def add_weight_patches(unet, filename, patches, strength) -> int:
     with one it would need online_mode). Returns how many parameters it matched."""
     values = comfy_patcher.patch_values(patches, _patch_value)
     return len(unet.add_patches(values, strength_patch=float(strength), strength_model=1.0))
+
+
+def add_peft_lora(unet, filename, state_dict, strength):
+    """The FLUX.1 port's PEFT LoRA through Neo's key map (backend/patcher/lora.py re-exports
+    modules_forge/packages/comfy/lora.py; see flux_lora); returns the file's keys that land nowhere."""
+    from backend.patcher import lora
+    return flux_lora.neo_add_flux_lora(unet, state_dict, strength, lora)
 
 
 def set_concat_condition(unet, latent, batch_size) -> None:

@@ -26,6 +26,8 @@ def base_model(sd_model) -> BaseModel | None:
     backend/diffusion_engine/sdxl.py StableDiffusionXLRefiner), but no LayerDiffuse file fits it."""
     if getattr(sd_model, "is_sdxl_refiner", False) or type(sd_model).__name__.endswith("Refiner"):
         return None
+    if type(sd_model).__name__ == "Flux":  # backend/diffusion_engine/flux.py (Forge main and Neo): no flag
+        return BaseModel.FLUX
     if getattr(sd_model, "is_sdxl", False):
         return BaseModel.SDXL
     if getattr(sd_model, "is_sd1", False):
@@ -111,7 +113,12 @@ def stealth_infotext_mode() -> str:
     from modules.shared import opts
     if not getattr(opts, "enable_pnginfo", True):
         return "None"
-    return str(opts.data.get("stealth_pnginfo_option", "Alpha" if _has_stealth_infotext() else "None"))
+    # Forge main names the option stealth_pnginfo_option; reForge stealth_pnginfo_opt (modules/shared_options.py
+    # :403, default "None")
+    for key in ("stealth_pnginfo_option", "stealth_pnginfo_opt"):
+        if key in opts.data:
+            return str(opts.data[key])
+    return "Alpha" if _has_stealth_infotext() else "None"
 
 
 def _has_stealth_infotext() -> bool:

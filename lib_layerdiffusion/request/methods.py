@@ -16,6 +16,14 @@ from ..errors import InvalidArgumentError
 class BaseModel(str, enum.Enum):
     SDXL = "SDXL"
     SD15 = "SD1.5"
+    FLUX = "FLUX.1"
+
+
+# the transparent VAE's decoder / encoder files (model-store names) of each base model
+DECODER_FILES = {BaseModel.SDXL: "vae_transparent_decoder", BaseModel.SD15: "layer_sd15_vae_transparent_decoder",
+                 BaseModel.FLUX: "TransparentVAE"}
+ENCODER_FILES = {BaseModel.SDXL: "vae_transparent_encoder", BaseModel.SD15: "layer_sd15_vae_transparent_encoder",
+                 BaseModel.FLUX: "TransparentVAE"}
 
 
 class PatchKind(str, enum.Enum):
@@ -23,6 +31,8 @@ class PatchKind(str, enum.Enum):
     WEIGHT_PATCH = "weight_patch"
     # SD1.5 attention sharing: the 32 attention layers are replaced by units that look across frames
     ATTENTION_SHARING = "attention_sharing"
+    # a diffusers/PEFT LoRA (the FLUX.1 port's), mapped onto the model by the host's own LoRA key mapping
+    PEFT_LORA = "peft_lora"
 
 
 class Layer(str, enum.Enum):
@@ -62,11 +72,11 @@ class Method:
 
     @property
     def decoder_file(self) -> str:
-        return "vae_transparent_decoder" if self.base is BaseModel.SDXL else "layer_sd15_vae_transparent_decoder"
+        return DECODER_FILES[self.base]
 
     @property
     def encoder_file(self) -> str:
-        return "vae_transparent_encoder" if self.base is BaseModel.SDXL else "layer_sd15_vae_transparent_encoder"
+        return ENCODER_FILES[self.base]
 
     def is_transparent_frame(self, index_in_batch: int) -> bool:
         return self.frames[index_in_batch % self.group_size] in self.transparent_frames
@@ -107,6 +117,8 @@ METHODS: tuple[Method, ...] = (
     Method("(SDXL) From Background and Blending to Foreground", BaseModel.SDXL,
            PatchKind.WEIGHT_PATCH, "layer_xl_bgble2fg", inputs=(BG, BLEND), frames=(FG,),
            transparent_frames=(FG,), legacy_values=("From Background and Blending to Foreground",)),
+    Method("(FLUX.1) Only Generate Transparent Image", BaseModel.FLUX, PatchKind.PEFT_LORA, "layerlora",
+           transparent_frames=(FG,)),
 )
 
 METHOD_VALUES: tuple[str, ...] = tuple(m.value for m in METHODS)

@@ -10,7 +10,13 @@ from .methods import LAYER_LABELS, BaseModel
 
 
 # the latent channels each base model's LayerDiffuse files were trained for
-LATENT_CHANNELS = {BaseModel.SDXL: 4, BaseModel.SD15: 4}
+LATENT_CHANNELS = {BaseModel.SDXL: 4, BaseModel.SD15: 4, BaseModel.FLUX: 16}
+
+
+def _with_article(base: BaseModel, bracket: str = "") -> str:
+    """'an SDXL', 'an SD1.5', 'a FLUX.1' (with '(' : 'an (SDXL)' as the method names start)."""
+    article = "an" if base.value.startswith("S") else "a"
+    return f"{article} {bracket}{base.value}{')' if bracket else ''}"
 
 
 def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: int,
@@ -19,15 +25,15 @@ def check_request(args: LayerDiffuseArgs, base: BaseModel | None, batch_size: in
     a checkpoint flagged as the right family with other channels (e.g. an SDXL UNet with a 32-channel VAE) is
     refused too."""
     method = args.method
+    needed = _with_article(method.base)
     if base is None:
         raise UnsupportedModelError(
-            f"[LayerDiffuse] The loaded checkpoint is neither SDXL nor SD1.5; '{method.value}' needs an "
-            f"{method.base.value} checkpoint. Load one, or untick LayerDiffuse.")
+            f"[LayerDiffuse] The loaded checkpoint is not SDXL, SD1.5 or FLUX.1; '{method.value}' needs {needed} "
+            f"checkpoint. Load one, or untick LayerDiffuse.")
     if base is not method.base:
-        other = "an (SDXL)" if base is BaseModel.SDXL else "an (SD1.5)"
         raise UnsupportedModelError(
-            f"[LayerDiffuse] '{method.value}' needs an {method.base.value} checkpoint, but the loaded checkpoint "
-            f"is {base.value}. Load an {method.base.value} checkpoint, or choose {other} method.")
+            f"[LayerDiffuse] '{method.value}' needs {needed} checkpoint, but the loaded checkpoint is "
+            f"{base.value}. Load {needed} checkpoint, or choose {_with_article(base, '(')} method.")
     expected = LATENT_CHANNELS[method.base]
     if latent_channels is not None and latent_channels != expected:
         raise UnsupportedModelError(
