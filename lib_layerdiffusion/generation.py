@@ -30,7 +30,7 @@ from .images.img2img import (InitTransparency, aligned_rgba, grey_flattened, ini
 from .images.outputs import checkerboard_preview_of, rgba_image
 from .networks.transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
 from .request.settings import Settings
-from .request.validation import check_request
+from .request.validation import LATENT_CHANNELS, check_request
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     if not method.is_transparent_frame(index):
         return None
     pixel = (getattr(p, PIXELS_ATTR, None) or {}).get(index, composed).convert("RGB")
-    latent = _final_latent(p, index, pixel.size)
+    latent = _final_latent(p, index, pixel.size, LATENT_CHANNELS[method.base])
     log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f", index,
              tuple(latent.shape), latent.mean().item(), latent.std().item())
     device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
@@ -177,7 +177,7 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     return rgba, checkerboard_preview_of(rgba)
 
 
-def _final_latent(p, index: int, size: tuple[int, int]) -> torch.Tensor:
+def _final_latent(p, index: int, size: tuple[int, int], channels: int) -> torch.Tensor:
     """The raw latent (what the VAE's decode received) of the image at `index` of the current batch: the last
     batch_size rows the VAE decoded in this sampling (Forge decodes the final latents last, after any hires
     first pass or preview)."""
@@ -188,7 +188,7 @@ def _final_latent(p, index: int, size: tuple[int, int]) -> torch.Tensor:
         if len(rows) >= batch:
             return rows[len(rows) - batch + index % batch]
     log.warning("[LayerDiffuse] No decoded latent was seen for image %d; decoding from the image alone.", index)
-    return torch.zeros((4, size[1] // 8, size[0] // 8))  # unknown: decode from the pixels alone
+    return torch.zeros((channels, size[1] // 8, size[0] // 8))  # unknown: decode from the pixels alone
 
 
 def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
