@@ -361,14 +361,7 @@ class ModelStore:
                 raise ModelFileError(f"{e} The file is published at {self.url(entry.name)}") from None
             return final
 
-        reason = None
-        if not self.allow_download:
-            reason = "automatic model downloads are turned off in the settings"
-        elif _hub_offline():
-            reason = "HF_HUB_OFFLINE is set"
-        if reason is not None:
-            raise self._missing(entry, reason)
-
+        self._refuse_if_offline(entry)
         self._download(entry, entry.filename, final)
         try:
             self._check(entry, final)
@@ -379,6 +372,13 @@ class ModelStore:
                 f"to download it anew, or download it yourself and put it in {self.folder}."
             ) from None
         return final
+
+    def _refuse_if_offline(self, entry: ModelFile) -> None:
+        """Raise the missing-file message when this store may not download (setting off, or HF_HUB_OFFLINE)."""
+        if not self.allow_download:
+            raise self._missing(entry, "automatic model downloads are turned off in the settings")
+        if _hub_offline():
+            raise self._missing(entry, "HF_HUB_OFFLINE is set")
 
     def _converted_path(self, entry: ModelFile) -> str:
         """The .safetensors conversion of a published pickle: checked if there; else converted from the pickle in
@@ -396,13 +396,7 @@ class ModelStore:
         source = self.source_path(entry.name)
         downloaded = False
         if not os.path.isfile(source):
-            reason = None
-            if not self.allow_download:
-                reason = "automatic model downloads are turned off in the settings"
-            elif _hub_offline():
-                reason = "HF_HUB_OFFLINE is set"
-            if reason is not None:
-                raise self._missing(entry, reason)
+            self._refuse_if_offline(entry)
             self._download(entry, entry.source_filename, source)
             downloaded = True
         try:
