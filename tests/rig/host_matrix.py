@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forge_api import ForgeClient, b64_to_bytes, decode_png, error_messages, png_b64  # noqa: E402
@@ -40,8 +41,9 @@ M = {
 }
 
 
-def _case(model, method, batch=1, inputs=(), img2img=False, hires=False):
-    return dict(model=model, method=M[method], batch=batch, inputs=inputs, img2img=img2img, hires=hires)
+def _case(model, method, batch=1, inputs=(), img2img=False, hires=False, inpaint=False, options=None):
+    return dict(model=model, method=M[method], batch=batch, inputs=inputs, img2img=img2img or inpaint, hires=hires,
+                inpaint=inpaint, options=options or {})
 
 
 CASES = {
@@ -52,6 +54,8 @@ CASES = {
     "sd15_bg2fg": _case(SD15, "sd15_bg2fg", batch=2, inputs=("bg",)),
     "sd15_img2img": _case(SD15, "sd15_attn", img2img=True),
     "sd15_hires": _case(SD15, "sd15_attn", hires=True),
+    # inpaint only masked, with Forge's overlay off: Forge returns the generation-size crop; LayerDiffuse the canvas
+    "sd15_inpaint_masked_no_overlay": _case(SD15, "sd15_attn", inpaint=True, options={"overlay_inpaint": False}),
     "sdxl_attn": _case(SDXL, "sdxl_attn"),
     "sdxl_attn_b2": _case(SDXL, "sdxl_attn", batch=2),
     "sdxl_conv": _case(SDXL, "sdxl_conv"),
@@ -76,6 +80,11 @@ def payload(case: dict, size: int, steps: int) -> tuple[str, dict]:
             "alwayson_scripts": {"LayerDiffuse": {"args": args}}}
     if case["img2img"]:
         body.update(init_images=[png_b64(fg_image(size))], denoising_strength=0.6, resize_mode=0)
+        if case["inpaint"]:  # repaint a centre square, only that region at full resolution
+            mask = Image.new("L", (size, size), 0)
+            mask.paste(255, (size // 4, size // 4, size * 3 // 4, size * 3 // 4))
+            body.update(mask=png_b64(mask), inpaint_full_res=True, inpaint_full_res_padding=16, inpainting_fill=1,
+                        width=size // 2, height=size // 2)
         return "/sdapi/v1/img2img", body
     if case["hires"]:
         body.update(enable_hr=True, hr_scale=1.25, hr_upscaler="Latent", denoising_strength=0.6,
@@ -83,12 +92,32 @@ def payload(case: dict, size: int, steps: int) -> tuple[str, dict]:
     return "/sdapi/v1/txt2img", body
 
 
-def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int) -> dict:
+def _set_options(forge: ForgeClient, options: dict) -> dict:
+    """Set Forge options; returns their previous values."""
+    if not options:
+        return {}
+    current = forge.get("/sdapi/v1/options").json or {}
+    forge.post("/sdapi/v1/options", options)
+    return {k: current.get(k) for k in options}
+
+
+def _newest_saved(outputs: Path | None, since: float) -> str | None:
+    if outputs is None:
+        return None
+    files = [f for f in outputs.rglob("*.png") if f.stat().st_mtime >= since and "-preview" not in f.name]
+    return str(max(files, key=lambda f: f.stat().st_mtime)) if files else None
+
+
+def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int, outputs: Path | None = None) -> dict:
     case = CASES[name]
     forge.select_checkpoint(case["model"])
     path, body = payload(case, size, steps)
-    start = time.monotonic()
-    r = forge.post(path, body)
+    previous = _set_options(forge, case["options"])
+    start, started = time.monotonic(), time.time()
+    try:
+        r = forge.post(path, body)
+    finally:
+        _set_options(forge, previous)
     result = {"case": name, "status": r.status, "seconds": round(time.monotonic() - start, 1)}
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +135,12 @@ def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int) ->
                 alpha = np.asarray(image)[..., 3].astype(np.float64)
                 entry.update(alpha_mean=round(alpha.mean(), 2), alpha_std=round(alpha.std(), 2))
             described.append(entry)
+        saved = _newest_saved(outputs, started)
+        if saved:  # the transparent image Forge saved is the one it returned first
+            first = np.asarray(decode_png((folder / "image_0.png").read_bytes()))
+            on_disk = np.asarray(Image.open(saved))
+            result["saved_equals_first"] = bool(first.shape == on_disk.shape and (first == on_disk).all())
+            result["saved_mode"] = Image.open(saved).mode
         result.update(images=described, infotexts=infotexts,
                       layerdiffusion_infotext=bool(infotexts) and all("layerdiffusion_method" in t for t in infotexts),
                       rgba_first=bool(described) and described[0]["mode"] == "RGBA")
@@ -113,6 +148,18 @@ def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int) ->
         result["errors"] = error_messages(r) or [r.text(2000)]
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _difference(pa: np.ndarray, pb: np.ndarray) -> str:
+    """Largest and mean absolute difference; an RGB image against an RGBA one (a host that writes its stealth
+    infotext into the alpha of every returned image) is compared on the colour channels."""
+    suffix = ""
+    if pa.ndim == pb.ndim == 3 and pa.shape[:2] == pb.shape[:2] and pa.shape[2] != pb.shape[2]:
+        pa, pb, suffix = pa[..., :3], pb[..., :3], " (RGB)"
+    if pa.shape != pb.shape:
+        return f"shape {pa.shape} vs {pb.shape}"
+    diff = np.abs(pa.astype(int) - pb.astype(int))
+    return f"max {diff.max()} mean {diff.mean():.3f}{suffix}"
 
 
 def compare(a: Path, b: Path) -> None:
@@ -123,9 +170,8 @@ def compare(a: Path, b: Path) -> None:
             if not image_b.exists():
                 diffs.append(f"{image_a.name}: missing")
                 continue
-            pa, pb = (np.asarray(decode_png(p.read_bytes())).astype(int) for p in (image_a, image_b))
-            diffs.append(f"{image_a.name}: " + ("shape differs" if pa.shape != pb.shape
-                                                 else f"max {np.abs(pa - pb).max()} mean {np.abs(pa - pb).mean():.3f}"))
+            pa, pb = (np.asarray(decode_png(p.read_bytes())) for p in (image_a, image_b))
+            diffs.append(f"{image_a.name}: {_difference(pa, pb)}")
         print(f"{case}: " + "; ".join(diffs))
 
 
@@ -138,6 +184,7 @@ def main() -> int:
     run.add_argument("--cases", nargs="+", default=["sd15", "sdxl"], help="case names or groups (sd15, sdxl)")
     run.add_argument("--size", type=int, default=256)
     run.add_argument("--steps", type=int, default=2)
+    run.add_argument("--outputs", type=Path, default=None, help="the Forge's outputs folder: check the saved file")
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("a", type=Path)
     cmp_.add_argument("b", type=Path)
@@ -149,8 +196,9 @@ def main() -> int:
     names = [n for c in a.cases for n in GROUPS.get(c, [c])]
     failed = 0
     for name in names:
-        result = run_case(forge, name, a.out, a.size, a.steps)
-        brief = {k: result.get(k) for k in ("status", "seconds", "rgba_first", "layerdiffusion_infotext")}
+        result = run_case(forge, name, a.out, a.size, a.steps, a.outputs)
+        brief = {k: result.get(k) for k in ("status", "seconds", "rgba_first", "layerdiffusion_infotext",
+                                             "saved_equals_first", "saved_mode")}
         print(name, json.dumps(brief), json.dumps(result.get("images") or result.get("errors")), flush=True)
         failed += result["status"] != 200
     return 1 if failed else 0
