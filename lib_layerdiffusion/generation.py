@@ -65,9 +65,9 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     check_request(args, bridge.base_model(p.sd_model), int(p.batch_size), bridge.latent_channels(p.sd_model))
     if getattr(p, "init_images", None) and method.makes_transparent and not bridge.has_init_images_hook():
         raise LayerDiffuseError(
-            f"[LayerDiffuse] Transparent img2img needs a newer Forge: this {bridge.NAME} (an A1111 1.8 base, like "
-            f"old Forge 'previous') has no hook where the init image's transparency can be passed to the sampler "
-            f"(before_process_init_images). Use txt2img, or update to Forge, Forge Neo or reForge.")
+            "[LayerDiffuse] Transparent img2img needs a newer Forge: this one has no hook where the init image's "
+            "transparency can reach the sampler (before_process_init_images, missing in old Forge 'previous' and "
+            "other A1111 1.8-based builds). Use txt2img, or update to Forge, Forge Neo or reForge.")
     log.info("[LayerDiffuse] %s, weight %g, stop at %g", method.value, args.weight, args.ending_step)
     # fetch (and if need be download) every file now: a missing or damaged file stops the generation with its
     # message before any sampling, instead of failing half-way or silently giving an opaque image
