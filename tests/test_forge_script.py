@@ -607,3 +607,20 @@ def test_the_decoder_reads_the_raw_latent_of_the_final_decode(script, monkeypatc
     np.testing.assert_array_equal(results[0], results[1])
     for received in seen:
         torch.testing.assert_close(received, latent / 0.125)  # process_out, not the sampler's scaled latent
+
+
+def test_sd15_units_are_built_once_per_generation_and_reused_by_the_hires_pass(script, sd15_files, monkeypatch):
+    from lib_layerdiffusion.hosts import apply_plan
+    built = []
+    build = apply_plan.build_attention_sharing
+    monkeypatch.setattr(apply_plan, "build_attention_sharing", lambda *a, **k: built.append(1) or build(*a, **k))
+    p = make_p(is_sdxl=False, batch_size=3, sd15_unet=True)
+    script_args = sd15_args(JOINT)
+    run_sampling_setup(script, p, script_args)
+    first = dict(p.sd_model.forge_objects.unet.object_patches)
+    noise = torch.zeros((3, 4, 10, 10))  # the hires pass: another size, the same generation
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    second = p.sd_model.forge_objects.unet.object_patches
+    assert built == [1] and all(second[name] is unit for name, unit in first.items())
+    # the units were left where they were built: Forge's memory management moves them with the UNet
+    assert all(next(u.parameters()).device.type == "cpu" for u in second.values())
