@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from host_isolation import fake_host_process
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_LEGACY = Path(__file__).parent / "fake_forge_legacy"
-FAKE_CURRENT = Path(__file__).parent / "fake_forge"
-HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge", "fake_host")
 BRIDGE = "lib_layerdiffusion.hosts.forge_legacy"
 # our modules that bind to the Forge they are imported in: imported afresh under the fake, set aside after
 HOST_BOUND = (BRIDGE, "lib_layerdiffusion.hosts.webui")
@@ -47,43 +47,14 @@ def only(variant):
     return pytest.mark.parametrize("env", [variant], indirect=True)
 
 
-def _is_host_module(name: str) -> bool:
-    return name.split(".")[0] in HOST_PACKAGES or name in HOST_BOUND
-
-
 @contextlib.contextmanager
 def legacy_forge(variant: str):
     """This process as old Forge `previous` or reForge would have it: ldm_patched / modules_forge / modules from
-    the legacy fake with its switch set to `variant`, no `backend`. Restores sys.modules, sys.path and the hosts
-    package's attributes afterwards."""
-    saved_path = list(sys.path)
-    sys.path.insert(0, str(ROOT))
-    hosts = importlib.import_module("lib_layerdiffusion.hosts")
-    missing = object()
-    attrs = [name.rsplit(".", 1)[1] for name in HOST_BOUND]
-    saved_attrs = {attr: hosts.__dict__.get(attr, missing) for attr in attrs}
-    saved_modules = {name: module for name, module in sys.modules.items() if _is_host_module(name)}
-    for name in saved_modules:
-        del sys.modules[name]
-    current = FAKE_CURRENT.resolve()
-    sys.path[:] = [str(FAKE_LEGACY), str(ROOT)] + [
-        p for p in saved_path if not p or Path(p).resolve() != current]
-    importlib.invalidate_caches()
-    try:
+    the legacy fake with its switch set to `variant`, no `backend`."""
+    with fake_host_process(FAKE_LEGACY, HOST_BOUND) as hosts:
         import fake_host
         fake_host.VARIANT = variant
         yield hosts
-    finally:
-        for name in [n for n in sys.modules if _is_host_module(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved_modules)
-        sys.path[:] = saved_path
-        for attr, saved in saved_attrs.items():
-            if saved is missing:
-                hosts.__dict__.pop(attr, None)
-            else:
-                setattr(hosts, attr, saved)
-        importlib.invalidate_caches()
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -32,10 +32,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
+from host_isolation import fake_host_process
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_NEO = Path(__file__).parent / "fake_forge_neo"
-OTHER_FAKES = (Path(__file__).parent / "fake_forge", Path(__file__).parent / "fake_forge_legacy")
-HOST_PACKAGES = ("modules", "backend", "ldm_patched", "modules_forge")
 BRIDGE = "lib_layerdiffusion.hosts.forge_neo"
 # our modules that bind to the Forge they are imported in: imported afresh under the fake, set aside after
 HOST_BOUND = (BRIDGE, "lib_layerdiffusion.hosts.forge_backend", "lib_layerdiffusion.hosts.forge_legacy",
@@ -51,41 +51,11 @@ OUT = "diffusion_model.input_blocks.5.1.transformer_blocks.0.attn2.to_out.0.weig
 CONV_IN = "diffusion_model.input_blocks.0.0.weight"  # (8, 4, 3, 3)
 
 
-def _is_host_module(name: str) -> bool:
-    return name.split(".")[0] in HOST_PACKAGES or name in HOST_BOUND
-
-
 @contextlib.contextmanager
 def neo_forge():
-    """This process as Forge Neo would have it: backend / modules / modules_forge from the Neo fake. Restores
-    sys.modules, sys.path and the hosts package's attributes afterwards."""
-    saved_path = list(sys.path)
-    sys.path.insert(0, str(ROOT))
-    hosts = importlib.import_module("lib_layerdiffusion.hosts")
-    missing = object()
-    attrs = [name.rsplit(".", 1)[1] for name in HOST_BOUND]
-    saved_attrs = {attr: hosts.__dict__.get(attr, missing) for attr in attrs}
-    saved_modules = {name: module for name, module in sys.modules.items() if _is_host_module(name)}
-    for name in saved_modules:
-        del sys.modules[name]
-    for attr in attrs:
-        hosts.__dict__.pop(attr, None)
-    others = {fake.resolve() for fake in OTHER_FAKES}
-    sys.path[:] = [str(FAKE_NEO), str(ROOT)] + [p for p in saved_path if not p or Path(p).resolve() not in others]
-    importlib.invalidate_caches()
-    try:
+    """This process as Forge Neo would have it: backend / modules / modules_forge from the Neo fake."""
+    with fake_host_process(FAKE_NEO, HOST_BOUND) as hosts:
         yield hosts
-    finally:
-        for name in [n for n in sys.modules if _is_host_module(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved_modules)
-        sys.path[:] = saved_path
-        for attr, saved in saved_attrs.items():
-            if saved is missing:
-                hosts.__dict__.pop(attr, None)
-            else:
-                setattr(hosts, attr, saved)
-        importlib.invalidate_caches()
 
 
 @pytest.fixture(scope="module")
