@@ -52,6 +52,9 @@ import time
 import zlib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flux_guess_keys import guess_keys  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FORGE = os.environ.get("LAYERDIFFUSE_FORGE_ROOT") or os.environ.get("RIG_FORGE") or os.path.join(
     os.environ.get("RIG_ROOT", os.path.expanduser("~/.cache/layerdiffuse-rig")), "forge")
@@ -104,26 +107,6 @@ def read_json(path):
         return json.load(f)
 
 
-def guess_seed(cfg: dict) -> dict:
-    """The few checkpoint keys (meta tensors) huggingface_guess reads to tell FLUX.1 and its sizes, from Forge's
-    diffusers config of the transformer."""
-    import torch
-    head = cfg["attention_head_dim"]
-    hidden = cfg["num_attention_heads"] * head
-    p = "model.diffusion_model."
-    sd = {}
-    for i in range(cfg["num_layers"]):
-        sd[f"{p}double_blocks.{i}.img_attn.norm.key_norm.scale"] = torch.empty(head, device="meta")
-    for i in range(cfg["num_single_layers"]):
-        sd[f"{p}single_blocks.{i}.norm.key_norm.scale"] = torch.empty(head, device="meta")
-    sd[p + "img_in.weight"] = torch.empty(hidden, cfg["in_channels"], device="meta")
-    sd[p + "txt_in.weight"] = torch.empty(hidden, cfg["joint_attention_dim"], device="meta")
-    sd[p + "vector_in.in_layer.weight"] = torch.empty(hidden, cfg["pooled_projection_dim"], device="meta")
-    if cfg.get("guidance_embeds"):
-        sd[p + "guidance_in.in_layer.weight"] = torch.empty(hidden, 256, device="meta")
-    return sd
-
-
 def component_state_dicts(forge: str):
     """-> (guess, {component: meta state dict}) of Forge's own modules, under their component prefixes (no checkpoint
     prefix yet): transformer, vae, clip (clip_l.* and t5xxl.*)."""
@@ -137,7 +120,7 @@ def component_state_dicts(forge: str):
 
     repo = repo_dir(forge)
     tcfg = read_json(os.path.join(repo, "transformer", "config.json"))
-    guess = huggingface_guess.guess(guess_seed(tcfg))
+    guess = huggingface_guess.guess(guess_keys(tcfg))
     if type(guess) is not huggingface_guess.model_list.Flux:
         raise SystemExit(f"huggingface_guess took the seed keys for {type(guess).__name__}, not Flux")
     with torch.device("meta"):

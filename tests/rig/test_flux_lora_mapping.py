@@ -27,6 +27,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flux_guess_keys import guess_keys  # noqa: E402
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,26 +86,6 @@ def import_forge(root: str) -> SimpleNamespace:
                            lora_module=lora_module, UnetPatcher=UnetPatcher)
 
 
-def seed_checkpoint(cfg: dict) -> dict:
-    """The keys (meta tensors) huggingface_guess reads to tell FLUX.1 and its size, from the diffusers config."""
-    import torch
-
-    head = cfg["attention_head_dim"]
-    hidden = cfg["num_attention_heads"] * head
-    p = "model.diffusion_model."
-    sd = {}
-    for i in range(cfg["num_layers"]):
-        sd[f"{p}double_blocks.{i}.img_attn.norm.key_norm.scale"] = torch.empty(head, device="meta")
-    for i in range(cfg["num_single_layers"]):
-        sd[f"{p}single_blocks.{i}.norm.key_norm.scale"] = torch.empty(head, device="meta")
-    sd[p + "img_in.weight"] = torch.empty(hidden, cfg["in_channels"], device="meta")
-    sd[p + "txt_in.weight"] = torch.empty(hidden, cfg["joint_attention_dim"], device="meta")
-    sd[p + "vector_in.in_layer.weight"] = torch.empty(hidden, cfg["pooled_projection_dim"], device="meta")
-    if cfg.get("guidance_embeds"):
-        sd[p + "guidance_in.in_layer.weight"] = torch.empty(hidden, 256, device="meta")
-    return sd
-
-
 def checkpoint_layout(model) -> dict:
     """The model's state dict under a FLUX.1 checkpoint's names: Neo builds the q/k norms as torch RMSNorm
     (`.weight`; backend/operations.py RMSNorm._load_from_state_dict takes the checkpoint's `.scale`)."""
@@ -126,7 +109,7 @@ def build_host(root: str, variant: str = "FLUX.1-dev") -> SimpleNamespace:
                            "config.json")) as fh:
         cfg = json.load(fh)
 
-    guess = f.guess.guess(seed_checkpoint(cfg))
+    guess = f.guess.guess(guess_keys(cfg))
     assert "flux.1" in guess.huggingface_repo.lower(), guess.huggingface_repo
     unet_config = guess.unet_config.copy()
     with torch.device("meta"):
