@@ -32,3 +32,26 @@ class InvalidArgumentError(LayerDiffuseError):
 
 class UnsupportedModelError(LayerDiffuseError):
     """The loaded checkpoint is not the base model the chosen method was trained for."""
+
+
+class HookError(LayerDiffuseError):
+    """An unexpected failure inside one of LayerDiffuse's hooks (out of memory, a host API that changed, a bug).
+    Forge's script runner would log it and carry on unpatched, or decode with a stale latent, so it stops the
+    generation like any other LayerDiffuseError; the original traceback goes to the log."""
+
+    status_code = 500
+
+
+def as_user_error(error: Exception, stage: str) -> LayerDiffuseError:
+    """`error` as the LayerDiffuseError that stops the generation: itself if it is one, else a HookError saying
+    at which stage it happened and what the user can try."""
+    if isinstance(error, LayerDiffuseError):
+        return error
+    # torch.OutOfMemoryError, or a RuntimeError saying so (older torch, other backends)
+    if (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "out of memory" in str(error).lower()):
+        hint = "Out of memory: use a smaller size or batch, fewer decoder passes (Settings → LayerDiffuse), or free memory."
+    else:
+        hint = "The full error is in the console; please report it with the console output."
+    return HookError(f"[LayerDiffuse] {stage} failed ({type(error).__name__}: {error}). The generation was stopped "
+                     f"so that no image comes out with a wrong transparency. {hint}")

@@ -29,13 +29,15 @@ from .images.img2img import (InitTransparency, aligned_rgba, grey_flattened, ini
                              regulation_with_offsets, uncrop)
 from .images.outputs import checkerboard_preview_of, rgba_image
 from .networks.transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
+from .request.methods import BaseModel
 from .request.settings import Settings
-from .request.validation import LATENT_CHANNELS, check_request
+from .request.validation import check_request
 
 log = logging.getLogger(__name__)
 
 # formats that keep an alpha channel (Neo adds jxl, avif and heif to Forge's png and webp)
 ALPHA_FORMATS = ("png", "webp", "jxl", "avif", "heif", "heic")
+NOTED_FULL_DECODE_ATTR = "layerdiffuse_noted_full_decode"  # the TAESD-decode note was given for this request
 STATE_ATTR = "layerdiffuse_generation"  # the attribute of the processing object holding this request's state
 INIT_ATTR = "layerdiffuse_init"  # img2img: the init images' transparency
 DECODED_ATTR = "layerdiffuse_decoded_latents"  # raw latent batches the VAE decoded in the current sampling
@@ -78,7 +80,7 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if layer_export.names_layers(method) and bridge.infotext_takes_callables():
         # per image (Forge calls it with the image's index): the caption of each result says which layer it is
         p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
-    device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
+    device, _ = _device_and_dtype(bridge, args, settings)
     p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
     if method.makes_transparent and bridge.stealth_infotext_mode() == "RGB":
         raise LayerDiffuseError(
@@ -88,6 +90,38 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
         bridge.tell_user(p, f"[LayerDiffuse] Images are saved as {bridge.output_format().upper()}, which has no "
                             f"transparency: set Settings → Saving images → File format to png.")
     return Generation(args=args, settings=settings)
+
+
+def _device_and_dtype(bridge, args: LayerDiffuseArgs, settings: Settings):
+    """Where and in which precision the transparent VAE runs (the FLUX.1 nets prefer bf16 on a GPU)."""
+    return bridge.compute_device_and_dtype(settings.decoder_precision,
+                                           prefer_bf16=args.method.base is BaseModel.FLUX)
+
+
+def begin_sampling(p, bridge) -> None:
+    """Before every sampling (also the hires pass): the init images are encoded by now, so the VAE regulation
+    is put back (it belongs to that encode only), and nothing an earlier sampling recorded can be read by this
+    one (a failed patch would otherwise leave the previous batch's latents to decode from)."""
+    check_init_offsets_applied(p, bridge)
+    bridge.release_vae_regulation(p)
+    for name in (DECODED_ATTR, PIXELS_ATTR, ALPHAS_ATTR):
+        setattr(p, name, None)
+
+
+def decode_with_full_vae(p, gen: Generation, bridge, ps) -> None:
+    """post_sample: with 'VAE type for decode' set to TAESD (or an approximation) Forge would never run the
+    checkpoint's VAE, so there would be no raw latent to decode the alpha from and the pixels would not be the
+    ones the transparent decoder was trained on. Decode them with the full VAE here instead (recorded like any
+    other decode); Forge takes the result as already decoded."""
+    if not gen.args.method.makes_transparent or bridge.vae_decode_is_full():
+        return
+    if getattr(ps.samples, "already_decoded", False):
+        return  # another script decoded them: its decode went through the recorded VAE or is reported later
+    ps.samples = bridge.decode_with_full_vae(p, ps.samples)
+    if not getattr(p, NOTED_FULL_DECODE_ATTR, False):
+        setattr(p, NOTED_FULL_DECODE_ATTR, True)
+        bridge.tell_user(p, "[LayerDiffuse] 'VAE type for decode' is not Full: the transparent images were decoded "
+                            "with the checkpoint's full VAE, which the transparent decoder needs.")
 
 
 def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple[int, ...]) -> None:
@@ -107,15 +141,16 @@ def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_regi
         return
     originals = [to_pil(image, "init image") for image in p.init_images]
     # flattened over grey whatever the encoder: Forge would flatten transparent parts with its background colour
-    p.init_images = [grey_flattened(image) for image in originals]
+    flattened = [grey_flattened(image) for image in originals]
     if not bridge.vae_encode_is_full():
+        p.init_images = flattened
         bridge.tell_user(p, "[LayerDiffuse] The init image's transparency is not used: set 'VAE type for encode' "
                             "to Full in Settings (a TAESD encode cannot carry it).")
         return
     width, height = int(p.width), int(p.height)
     canvases = tuple(init_canvas(image, p.resize_mode, crop_region, width, height, bridge.resize_image)
                      for image in originals)
-    device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
+    device, dtype = _device_and_dtype(bridge, gen.args, gen.settings)
     encoder = _built.get(store, method.encoder_file, device, dtype, load_transparent_encoder)
     offsets = torch.cat([
         encoder.encode(aligned_rgba(canvas, crop_region, width, height, bridge.resize_image, p.resize_mode)).float().cpu()
@@ -125,6 +160,8 @@ def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_regi
         raise LayerDiffuseError(
             f"[LayerDiffuse] Transparent img2img is not available here: the VAE of this checkpoint in "
             f"{bridge.NAME} cannot take the init image's transparency. Use txt2img, or an opaque init image.")
+    # only now that the offsets are in place: the flattened images and the offsets go together or not at all
+    p.init_images = flattened
     setattr(p, INIT_ATTR, InitTransparency(canvases, tuple(crop_region) if crop_region else None, calls))
 
 
@@ -158,11 +195,11 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     method = gen.args.method
     if not method.is_transparent_frame(index):
         return None
-    pixel = (getattr(p, PIXELS_ATTR, None) or {}).get(index, composed).convert("RGB")
-    latent = _final_latent(p, index, pixel.size, LATENT_CHANNELS[method.base])
+    pixel = _decoder_pixels(p, index, composed).convert("RGB")
+    latent = _final_latent(p, index)
     log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f", index,
              tuple(latent.shape), latent.mean().item(), latent.std().item())
-    device, dtype = bridge.compute_device_and_dtype(gen.settings.decoder_precision)
+    device, dtype = _device_and_dtype(bridge, gen.args, gen.settings)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     rgba = rgba_image(_decode(decoder, pixel, latent, gen))
     init = getattr(p, INIT_ATTR, None)
@@ -177,32 +214,46 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     return rgba, checkerboard_preview_of(rgba)
 
 
-def _final_latent(p, index: int, size: tuple[int, int], channels: int) -> torch.Tensor:
+def _decoder_pixels(p, index: int, composed: Image.Image) -> Image.Image:
+    """The RGB the transparent decoder reads with the latent: the image as Forge composed it, so that what other
+    scripts did to it after sampling (ADetailer, face restoration, ...) is in the transparent result whatever the
+    order of their hooks; for inpainting, where Forge pastes and overlays the generated image, the generated
+    image itself as the VAE decoded it (at the generation size, before the overlay)."""
+    inpainting = getattr(p, "mask_for_overlay", None) is not None or getattr(p, "paste_to", None) is not None
+    recorded = (getattr(p, PIXELS_ATTR, None) or {}).get(index)
+    if inpainting and recorded is not None:
+        return recorded
+    return composed
+
+
+def _final_latent(p, index: int) -> torch.Tensor:
     """The raw latent (what the VAE's decode received) of the image at `index` of the current batch: the last
     batch_size rows the VAE decoded in this sampling (Forge decodes the final latents last, after any hires
-    first pass or preview)."""
+    first pass or preview). Without one the alpha could only be guessed from the pixels, so that stops the
+    generation."""
     rows: list[torch.Tensor] = []
     batch = int(p.batch_size)
     for decoded in reversed(getattr(p, DECODED_ATTR, None) or []):  # the last `batch` rows, newest last
         rows[:0] = list(decoded)
         if len(rows) >= batch:
             return rows[len(rows) - batch + index % batch]
-    log.warning("[LayerDiffuse] No decoded latent was seen for image %d; decoding from the image alone.", index)
-    return torch.zeros((channels, size[1] // 8, size[0] // 8))  # unknown: decode from the pixels alone
+    raise LayerDiffuseError(
+        f"[LayerDiffuse] Image {index}: the checkpoint's VAE did not decode this image's latent, so its "
+        f"transparency cannot be decoded. Another script may have decoded it another way; disable it, or set "
+        f"'VAE type for decode' to Full in Settings.")
 
 
 def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
     """(4,H,W) alpha-first in [0,1] from an RGB picture and its (C,H/8,W/8) latent."""
     pixel_t = torch.from_numpy(np.asarray(pixel, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     height, width = pixel_t.shape[2:]
-    if height % 8 or width % 8:
-        raise LayerDiffuseError(f"[LayerDiffuse] Image size {width}x{height} is not a multiple of 8.")
     latent_t = latent[None]
-    if latent_t.shape[2:] != (height // 8, width // 8):
-        # the pixels are not this latent's decode: decode from the pixels alone
-        log.warning("[LayerDiffuse] Latent %s does not match image %dx%d; decoding from the image alone.",
-                    tuple(latent_t.shape[2:]), width, height)
-        latent_t = torch.zeros((1, latent_t.shape[1], height // 8, width // 8))
+    if height % 8 or width % 8 or latent_t.shape[2:] != (height // 8, width // 8):
+        # the pixels are not this latent's decode (another script resized the image after sampling)
+        raise LayerDiffuseError(
+            f"[LayerDiffuse] The image is {width}x{height} but its latent is {latent_t.shape[3] * 8}x"
+            f"{latent_t.shape[2] * 8}: something resized it after sampling, so its transparency cannot be decoded. "
+            f"Upscale after generating (Extras keeps the alpha) instead.")
     return decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
 
 
@@ -251,7 +302,7 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
         if alphas is None:
             alphas = {}
             setattr(p, ALPHAS_ATTR, alphas)
-        alphas[id(pp.image)] = pp.image.getchannel("A")
+        alphas[id(pp.image)] = (pp.image, pp.image.getchannel("A"))  # the image kept: its id is never reused
         p.extra_result_images.append(preview)
         if gen.settings.save_preview:
             bridge.save_extra_image(p, preview, index, "-preview")
@@ -264,9 +315,9 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
 def before_save(p, image, filename: str) -> str | None:
     """Forge is about to save `image` (after its stealth infotext step): give a transparent image its alpha back,
     and return the file name for the layer methods' files, which say which layer they hold."""
-    alpha = (getattr(p, ALPHAS_ATTR, None) or {}).get(id(image)) if p is not None else None
-    if alpha is not None and image.mode == "RGBA":
-        image.putalpha(alpha)
+    kept = (getattr(p, ALPHAS_ATTR, None) or {}).get(id(image)) if p is not None else None
+    if kept is not None and kept[0] is image and image.mode == "RGBA":
+        image.putalpha(kept[1])
     gen, tagged = getattr(p, STATE_ATTR, None), layer_export.tagged(image)
     if gen is None or tagged is None or not layer_export.names_layers(gen.args.method):
         return None

@@ -1,6 +1,7 @@
 """LayerDiffuse for Forge: the AlwaysVisible script. UI and Forge hooks only; the work is in lib_layerdiffusion."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -9,7 +10,7 @@ from modules import scripts  # modules/scripts.py
 from lib_layerdiffusion import generation
 from lib_layerdiffusion.request.api_named_args import NamedArgsMiddleware
 from lib_layerdiffusion.request.args import ARG_NAMES
-from lib_layerdiffusion.errors import LayerDiffuseError
+from lib_layerdiffusion.errors import LayerDiffuseError, as_user_error
 from lib_layerdiffusion.hosts import load_bridge
 from lib_layerdiffusion.request.infotext import paste_readers
 from lib_layerdiffusion.networks.model_store import ModelStore
@@ -56,45 +57,72 @@ class LayerDiffuseScript(scripts.Script):
         return list(built.components)
 
     def process(self, p, *script_args):
-        try:
+        # any request, LayerDiffuse on or off: undo a VAE regulation an interrupted or failed request left behind
+        bridge.release_vae_regulation(p)
+        with _stopping(p, "Preparing the generation", bridge.fail_before_sampling):
             settings = Settings.from_values(bridge.read_option)
             gen = generation.begin(p, script_args, bridge, _store(settings), settings)
-        except LayerDiffuseError as error:
-            log.error("%s", error)
-            bridge.fail_before_sampling(p, error)
-            return
-        if gen is not None:
-            setattr(p, generation.STATE_ATTR, gen)
+            if gen is not None:
+                setattr(p, generation.STATE_ATTR, gen)
 
     def before_process_init_images(self, p, pp, *script_args):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
-        try:
+        # init runs before p.sample: stop there
+        with _stopping(p, "Preparing the init images", bridge.fail_before_sampling):
             generation.prepare_init_images(p, gen, bridge, _store(gen.settings), pp.get("crop_region"))
-        except LayerDiffuseError as error:
-            log.error("%s", error)
-            bridge.fail_before_sampling(p, error)  # init runs before p.sample: stop there
 
     def process_before_every_sampling(self, p, *script_args, **kwargs):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
-        generation.check_init_offsets_applied(p, bridge)
-        try:
+        with _stopping(p, "Patching the model", _fail_sampling):
+            generation.begin_sampling(p, bridge)
             generation.patch_unet(p, gen, bridge, _store(gen.settings), tuple(kwargs["noise"].shape))
-        except LayerDiffuseError as error:
-            log.error("%s", error)
-            bridge.fail_sampling(p, error)
+
+    def post_sample(self, p, ps, *script_args):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        with _stopping(p, "Decoding with the full VAE", bridge.fail_after_sampling):
+            generation.decode_with_full_vae(p, gen, bridge, ps)
 
     def postprocess_image(self, p, pp, *script_args):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
-        generation.record_pixels(p, gen, bridge, pp)
+        with _stopping(p, "Recording the decoded image", bridge.fail_after_sampling):
+            generation.record_pixels(p, gen, bridge, pp)
 
     def postprocess_image_after_composite(self, p, pp, *script_args):
         gen = getattr(p, generation.STATE_ATTR, None)
         if gen is None:
             return
-        generation.finish_image(p, gen, bridge, _store(gen.settings), pp)
+        with _stopping(p, "Decoding the transparency", bridge.fail_after_sampling):
+            generation.finish_image(p, gen, bridge, _store(gen.settings), pp)
+
+
+def _fail_sampling(p, error):
+    """Sampling has begun: the UNet raises at its first step; if even that cannot be installed (the host's patcher
+    is what failed), the request still stops when it is closed."""
+    try:
+        bridge.fail_sampling(p, error)
+    except Exception:  # noqa: BLE001  (the host's own patcher failed: fall back to the WebUI layer)
+        log.exception("[LayerDiffuse] Could not stop the sampling at its first step")
+        bridge.fail_after_sampling(p, error)
+
+
+@contextlib.contextmanager
+def _stopping(p, stage: str, fail):
+    """Any exception in a hook stops the generation with a message (Forge's script runner would log it and go
+    on, unpatched or with a stale latent): a LayerDiffuseError as it is, anything else with its traceback in the
+    log."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001  (every failure must reach the user, not only ours)
+        if isinstance(error, LayerDiffuseError):
+            log.error("%s", error)
+        else:
+            log.exception("[LayerDiffuse] %s failed", stage)
+        fail(p, as_user_error(error, stage))

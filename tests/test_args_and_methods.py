@@ -230,3 +230,26 @@ def test_flux_method_and_checkpoint_families_refuse_each_other():
         check_request(flux, BaseModel.FLUX, 1, latent_channels=4)
     with pytest.raises(UnsupportedModelError, match="4 latent channels; the loaded one has 32"):
         check_request(LayerDiffuseArgs.from_script_args(True, SDXL_ATTN), BaseModel.SDXL, 1, latent_channels=32)
+
+
+def test_flux_nets_take_bf16_for_automatic_where_the_device_has_it():
+    """The FLUX.1 transparent VAE reads unclipped pixels and its activations outgrow fp16; the Flux port runs it
+    in bf16. "Automatic" picks bf16 for it when the host says the GPU supports bf16; fp16 stays selectable."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lib_layerdiffusion.hosts.comfy_patcher import device_and_dtype
+    from lib_layerdiffusion.request.settings import decoder_dtype
+    gpu = torch.device("cuda", 0)
+    assert decoder_dtype(gpu, "Automatic", lambda d: True, lambda d: True) is torch.bfloat16
+    assert decoder_dtype(gpu, "Automatic", lambda d: True, lambda d: False) is torch.float16  # e.g. a Turing card
+    assert decoder_dtype(gpu, "fp16", lambda d: True, lambda d: True) is torch.float16
+    assert decoder_dtype(torch.device("cpu"), "Automatic", lambda d: True, lambda d: True) is torch.float32
+    host = SimpleNamespace(get_torch_device=lambda: gpu, should_use_fp16=lambda d: True,
+                           should_use_bf16=lambda d: d.type == "cuda")
+    assert device_and_dtype(host, "Automatic", prefer_bf16=True) == (gpu, torch.bfloat16)
+    assert device_and_dtype(host, "Automatic") == (gpu, torch.float16)  # SD / SDXL nets: as before
+    old_forge = SimpleNamespace(get_torch_device=lambda: gpu, should_use_fp16=lambda d: True)  # no should_use_bf16
+    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    assert device_and_dtype(old_forge, "Automatic", prefer_bf16=True) == (gpu, expected)

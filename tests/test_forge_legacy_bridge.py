@@ -705,3 +705,150 @@ def test_reforge_stealth_infotext_rgb_mode_is_refused_before_sampling(script, br
     p = make_p()
     with pytest.raises(LayerDiffuseError, match="Stealth infotext mode"):
         generate(script, p, script_args(ATTN))
+
+
+# --- never a silently wrong alpha (every failure path stops, or decodes from this image's latent) --------------
+
+def generate_closed(script, p, args, latents=None):
+    """generate() as the API and the UI run it: `with closing(p)` (modules/api/api.py:467 / :520 and
+    modules/txt2img.py), so p.close() is called when processing ends or fails."""
+    with contextlib.closing(p):
+        return generate(script, p, args, latents)
+
+
+def test_taesd_decode_setting_still_decodes_the_alpha_from_the_full_vaes_latent(script, bridge, opts,
+                                                                                  decoder_calls):
+    """'VAE type for decode' = TAESD: Forge's decode would never run the checkpoint's VAE (no latent recorded;
+    pixels the transparent decoder was not trained on). The script decodes with the full VAE in post_sample."""
+    opts.data["sd_vae_decode_method"] = "TAESD"
+    p = make_p(batch_size=2)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    processed = generate_closed(script, p, script_args(ATTN), latents)
+    assert p.scripts.errors == []
+    assert [im.mode for im in processed.images] == ["RGBA", "RGBA"]
+    assert len(decoder_calls) == 2
+    for i, (pixel, latent) in enumerate(decoder_calls):
+        torch.testing.assert_close(latent, latents[i:i + 1] / 0.13025)  # this image's raw latent
+        full = p.sd_model.forge_objects.vae.decode(latents[i:i + 1] / 0.13025)  # the full VAE's pixels
+        assert (pixel[0].permute(1, 2, 0) - full[0]).abs().max() <= 1 / 255 + 1e-6
+    assert any("VAE type for decode" in text for text in p.comments)  # the user is told
+
+
+def test_a_decode_that_no_vae_saw_stops_the_generation(script, bridge, monkeypatch):
+    """Another script decoding the latents itself (already_decoded, not through the VAE): no raw latent exists
+    for the image, so the request stops with a message instead of decoding the alpha from the pixels alone."""
+    from modules import processing, scripts as host_scripts
+
+    from lib_layerdiffusion.errors import LayerDiffuseError
+
+    class DecodesItself(host_scripts.Script):
+        def post_sample(self, p, ps, *args):
+            decoded = processing.DecodedSamples()
+            decoded.extend(torch.tanh(ps.samples[:, :3]))
+            ps.samples = decoded
+
+    p = make_p()
+    args = script_args(ATTN)
+    script.args_from, script.args_to = 0, len(args)
+    other = DecodesItself()
+    other.args_from = other.args_to = len(args)
+    p.scripts, p.script_args = host_scripts.ScriptRunner([script, other]), tuple(args)
+    with pytest.raises(LayerDiffuseError, match="did not decode this image's latent"):
+        with contextlib.closing(p):
+            processing.process_images_inner(p)
+
+
+def test_an_unexpected_error_while_patching_stops_instead_of_reusing_the_last_latent(script, bridge, monkeypatch,
+                                                                                      decoder_calls):
+    """Batch count 2, the second patch fails with an error that is not ours (out of memory): Forge's script
+    runner would swallow it and sample unpatched, and the image would be decoded with the first batch's latent.
+    The generation stops at the second sampling's first step with the message; nothing of batch 1 is read."""
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+    calls = []
+    patch_unet = generation.patch_unet
+
+    def failing_second_time(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return patch_unet(*a, **k)
+
+    monkeypatch.setattr(generation, "patch_unet", failing_second_time)
+    p = make_p(n_iter=2)
+    p.all_seeds = [0, 1]
+    with pytest.raises(HookError, match="Patching the model failed.*CUDA out of memory.*Out of memory"):
+        generate_closed(script, p, script_args(ATTN))
+    assert p.scripts.errors == []  # nothing reached the script runner's log-and-go-on
+    assert len(decoder_calls) == 1  # the first batch only
+    assert p.layerdiffuse_decoded_latents is None  # the second sampling started from a clean slate
+
+
+def test_a_failing_transparent_decode_stops_the_request_and_the_next_one_is_fine(script, bridge, monkeypatch):
+    from lib_layerdiffusion.errors import HookError
+    from lib_layerdiffusion.networks.transparent_vae import TransparentDecoder
+    decode = TransparentDecoder.decode
+
+    def out_of_memory(self, *a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(TransparentDecoder, "decode", out_of_memory)
+    p = make_p()
+    with pytest.raises(HookError, match="Decoding the transparency failed.*Out of memory"):
+        generate_closed(script, p, script_args(ATTN))
+    assert p.scripts.errors == []
+    monkeypatch.setattr(TransparentDecoder, "decode", decode)
+    p = make_p()
+    processed = generate_closed(script, p, script_args(ATTN))
+    assert [im.mode for im in processed.images] == ["RGBA"] and p.scripts.errors == []
+
+
+@only("reforge")
+def test_an_interrupted_img2img_leaves_no_regulation_for_the_next_request(script, bridge):
+    """Interrupted after the init images were encoded (modules/processing.py:1016 breaks before Forge rebuilds
+    forge_objects): the regulated VAE copy is still on sd_model.forge_objects. The next img2img, here with
+    LayerDiffuse off, must encode its init image without that request's offsets."""
+    from modules import processing, scripts as host_scripts
+    from modules.shared import state
+    disc = transparent_disc()
+    p = make_p(init_images=[disc])
+    args = script_args(ATTN)
+    script.args_from, script.args_to = 0, len(args)
+    p.scripts, p.script_args = host_scripts.ScriptRunner([script]), tuple(args)
+    state.interrupted = True
+    try:
+        with pytest.raises(IndexError):  # the fake's Processed of no image; Forge returns an empty result
+            processing.process_images_inner(p)
+    finally:
+        state.interrupted = False
+    assert p.layerdiffuse_init.regulation_calls == [1]  # the init image was encoded with the offset
+
+    opaque = Image.new("RGB", (64, 64), (30, 160, 90))
+    disabled = (False, *args[1:])
+    nxt = make_p(init_images=[opaque])
+    nxt.sd_model = p.sd_model  # the same loaded checkpoint
+    generate(script, nxt, disabled)
+    clean = make_p(init_images=[opaque])
+    generate(script, clean, disabled)
+    assert nxt.scripts.errors == [] and not hasattr(nxt, "layerdiffuse_init")
+    torch.testing.assert_close(nxt.init_latent, clean.init_latent)
+
+
+@only("reforge")
+def test_an_init_image_encoder_failure_leaves_the_init_images_and_the_vae_alone(script, bridge, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+    from lib_layerdiffusion.hosts.comfy_patcher import _RegulatedAutoencoder
+
+    def failing_encoder(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(generation, "load_transparent_encoder", failing_encoder)
+    generation._built._items.clear()
+    disc = transparent_disc()
+    p = make_p(init_images=[disc])
+    with pytest.raises(HookError, match="Preparing the init images failed.*illegal memory access"):
+        generate_closed(script, p, script_args(ATTN))
+    assert p.init_images[0] is disc  # not flattened without its offset
+    assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    assert not hasattr(p, "layerdiffuse_init")

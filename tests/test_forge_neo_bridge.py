@@ -95,7 +95,8 @@ def make_p(sd_model, batch_size=1, width=64, height=64):
                            seeds=[100 + i for i in range(batch_size)], prompts=["a cat"] * batch_size,
                            extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
                            pixels_after_sampling=[], sample=lambda *a, **k: "sampled", comments=comments,
-                           comment=lambda text: comments.__setitem__(text, 1))
+                           comment=lambda text: comments.__setitem__(text, 1),
+                           close=lambda: None)  # processing.py StableDiffusionProcessing.close
 
 
 def prepare(p, x):
@@ -668,7 +669,7 @@ def neo_txt2img(script, p, args, sigmas=(14.6, 4.0, 1.0, 0.1), inspect_step=None
     sampler loads the UNet and calls sampling_function per step (an Euler sampler here); decode_first_stage per
     image; then per image postprocess_image and postprocess_image_after_composite. Returns the final images."""
     from backend.sampling.sampling_function import sampling_cleanup
-    from modules.scripts import PostprocessImageArgs
+    from modules.scripts import PostprocessImageArgs, PostSampleArgs
     script.process(p, *args)
     with torch.inference_mode():
         sd_model = p.sd_model
@@ -686,8 +687,19 @@ def neo_txt2img(script, p, args, sigmas=(14.6, 4.0, 1.0, 0.1), inspect_step=None
             x = x + (x - denoised) / sigma * (following - sigma)
         sampling_cleanup(sd_model.forge_objects.unet)
         results = []
+        ps = PostSampleArgs(x)  # processing.py:1000-1002: post_sample may hand back already decoded samples
+        script.post_sample(p, ps, *args)
+        if getattr(ps.samples, "already_decoded", False):  # processing.py:1004
+            batch = torch.stack(list(ps.samples))
+        else:
+            # processing.py:1011 decode_latent_batch (samples_to_images_tensor with 'VAE for Decoding'): the whole
+            # batch is decoded before any image's postprocess hooks
+            from modules import sd_samplers_common
+            from modules.shared import opts
+            batch = sd_samplers_common.samples_to_images_tensor(
+                ps.samples, 3 if opts.sd_vae_decode_method == "TAESD" else 0, sd_model)
         for i in range(p.batch_size):
-            decoded = sd_model.decode_first_stage(x[i:i + 1])[0]
+            decoded = batch[i]
             image = Image.fromarray((((decoded + 1) / 2).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy())
             pp = PostprocessImageArgs(image, i)
             script.postprocess_image(p, pp, *args)
@@ -717,7 +729,7 @@ def test_script_sdxl_attention_injection_gives_rgba_on_neo(script, bridge):
     alpha = np.asarray(results[0].getchannel("A"))
     assert alpha.std() > 0  # a decoded alpha, not a constant
     assert len(p.extra_result_images) == 2 and all(im.mode == "RGB" for im in p.extra_result_images)
-    assert len(p.layerdiffuse_decoded_latents) == 2  # the raw latent of each image, as the VAE received it
+    assert sum(len(batch) for batch in p.layerdiffuse_decoded_latents) == 2  # each image's raw latent, as the VAE received it
 
 
 def test_script_sdxl_fg2ble_concat_and_stop_at_on_neo(script, bridge):
@@ -757,3 +769,37 @@ def test_script_sd15_joint_on_neo(script, bridge):
         lambda m, args, out: seen.append(diffusion_model.get_submodule(SD15_ATTENTION_LAYER_NAMES[0]) is m))
     step(p, torch.zeros(3, 4, 8, 8), 1.0)
     assert seen == [True]
+
+
+# --- never a silently wrong alpha ------------------------------------------------------------------------------
+
+def test_script_with_taesd_decoding_reads_the_full_vaes_latent_on_neo(script, bridge, monkeypatch):
+    from modules.shared import opts
+
+    from lib_layerdiffusion.networks.transparent_vae import TransparentDecoder
+    seen = []
+    decode = TransparentDecoder.decode
+    monkeypatch.setattr(TransparentDecoder, "decode", lambda self, pixel, latent, passes=8:
+                        seen.append(latent) or decode(self, pixel, latent, passes))
+    monkeypatch.setitem(opts.data, "sd_vae_decode_method", "TAESD")
+    p = make_p(sdxl(), batch_size=2)
+    results = neo_txt2img(script, p, script_args())
+    assert [image.mode for image in results] == ["RGBA", "RGBA"]
+    recorded = torch.cat(p.layerdiffuse_decoded_latents)
+    assert recorded.shape == (2, 4, 8, 8) and len(seen) == 2
+    for i, latent in enumerate(seen):
+        torch.testing.assert_close(latent[0], recorded[i])
+    assert any("VAE type for decode" in text for text in p.comments)
+
+
+def test_script_foreign_error_in_a_hook_stops_the_generation_on_neo(script, bridge, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+
+    def broken(*a, **k):
+        raise TypeError("add_extra_torch_module_during_sampling() got an unexpected keyword argument")
+
+    monkeypatch.setattr(generation, "apply_plan", broken)
+    p = make_p(sdxl())
+    with pytest.raises(HookError, match="Patching the model failed.*TypeError"):
+        neo_txt2img(script, p, script_args())

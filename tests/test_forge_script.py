@@ -69,6 +69,13 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
     sd_model = SimpleNamespace(is_sdxl=is_sdxl, is_sd1=not is_sdxl, get_learned_conditioning=get_learned_conditioning,
                                forge_objects=SimpleNamespace(unet=unet, vae=VAE()))
 
+    def decode_first_stage(x):
+        """backend/diffusion_engine/sdxl.py:135 decode_first_stage: process_out, then the VAE, in [-1, 1]."""
+        vae = sd_model.forge_objects.vae
+        return vae.decode(vae.first_stage_model.process_out(x)).movedim(-1, 1) * 2.0 - 1.0
+
+    sd_model.decode_first_stage = decode_first_stage
+
     def sample(*args, **kwargs):
         return "sampled"
 
@@ -77,7 +84,8 @@ def make_p(is_sdxl=True, batch_size=1, width=64, height=64, sd15_unet=False):
     return SimpleNamespace(sd_model=sd_model, batch_size=batch_size, width=width, height=height,
                            extra_generation_params={}, extra_result_images=[], latents_after_sampling=[],
                            pixels_after_sampling=[], sample=sample, comments=comments, prompts=["a cat"],
-                           comment=lambda text: comments.__setitem__(text, 1))
+                           comment=lambda text: comments.__setitem__(text, 1),
+                           close=lambda: None)  # modules/processing.py:384 StableDiffusionProcessing.close
 
 
 def forge_after_sampling(script, p, script_args, latents=None, images=None):
@@ -624,3 +632,107 @@ def test_sd15_units_are_built_once_per_generation_and_reused_by_the_hires_pass(s
     assert built == [1] and all(second[name] is unit for name, unit in first.items())
     # the units were left where they were built: Forge's memory management moves them with the UNet
     assert all(next(u.parameters()).device.type == "cpu" for u in second.values())
+
+
+# --- never a silently wrong alpha ------------------------------------------------------------------------------
+
+def test_taesd_decode_setting_decodes_with_the_full_vae_in_post_sample(script, opts):
+    """modules/processing.py:999-1010: post_sample, then Forge decodes unless the samples are already decoded;
+    with 'VAE type for decode' = TAESD it would never call the checkpoint's VAE."""
+    from modules.scripts import PostSampleArgs
+    opts.sd_vae_decode_method = "TAESD"
+    try:
+        p = make_p(batch_size=2)
+        run_sampling_setup(script, p, args())
+        latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+        ps = PostSampleArgs(latents)
+        script.post_sample(p, ps, *args())
+    finally:
+        opts.sd_vae_decode_method = "Full"
+    assert getattr(ps.samples, "already_decoded", False) and len(ps.samples) == 2
+    recorded = torch.cat(p.layerdiffuse_decoded_latents)
+    torch.testing.assert_close(recorded, latents / 0.125)  # the raw latent, recorded at the full VAE's decode
+    full = p.sd_model.forge_objects.vae.decode(latents / 0.125).movedim(-1, 1) * 2 - 1
+    torch.testing.assert_close(torch.stack(list(ps.samples)), full)  # the checkpoint VAE's own pixels
+    assert any("VAE type for decode" in text for text in p.comments)
+
+
+def test_the_full_vae_decode_is_left_alone_when_forge_decodes_fully(script):
+    from modules.scripts import PostSampleArgs
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    latents = torch.randn(1, 4, 8, 8)
+    ps = PostSampleArgs(latents)
+    script.post_sample(p, ps, *args())
+    assert ps.samples is latents and p.layerdiffuse_decoded_latents == []
+
+
+def test_an_image_no_vae_decoded_stops_instead_of_decoding_from_the_pixels(script):
+    from modules.scripts import PostprocessImageArgs
+    from lib_layerdiffusion.errors import LayerDiffuseError
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    pp = PostprocessImageArgs(Image.new("RGB", (64, 64), (9, 99, 199)), 0)  # no VAE decode was recorded
+    script.postprocess_image(p, pp, *args())
+    script.postprocess_image_after_composite(p, pp, *args())
+    assert pp.image.mode == "RGB"  # not given an alpha guessed from the pixels
+    with pytest.raises(LayerDiffuseError, match="did not decode this image's latent"):
+        p.close()
+    with pytest.raises(LayerDiffuseError, match="did not decode this image's latent"):
+        p.sample()  # a later batch of the request does not sample either
+
+
+def test_an_unexpected_error_in_process_stops_before_sampling(script, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+
+    def broken(*a, **k):
+        raise AttributeError("'Options' object has no attribute 'sd_model_checkpoint'")  # a host API changed
+
+    monkeypatch.setattr(generation, "check_request", broken)
+    p = make_p()
+    script.process(p, *args())
+    with pytest.raises(HookError, match="Preparing the generation failed.*AttributeError"):
+        p.sample()
+
+
+def test_each_sampling_starts_with_nothing_recorded_by_the_previous_one(script, monkeypatch):
+    """Batch count 2: the second patch fails with a foreign error; the first batch's recorded latents are gone,
+    and the sampling stops at its first step."""
+    from backend.sampling.sampling_function import sampling_step
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    vae = p.sd_model.forge_objects.vae
+    vae.decode(vae.first_stage_model.process_out(torch.randn(1, 4, 8, 8)))
+    assert len(p.layerdiffuse_decoded_latents) == 1
+    monkeypatch.setattr(generation, "apply_plan", lambda *a, **k: (_ for _ in ()).throw(KeyError("input_blocks")))
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *args(), x=noise, noise=noise)
+    assert p.layerdiffuse_decoded_latents is None
+    with pytest.raises(HookError, match="Patching the model failed.*KeyError"):
+        sampling_step(p.sd_model.forge_objects.unet, noise, 10.0, [{"model_conds": {}}], [{"model_conds": {}}])
+
+
+def test_img2img_regulation_is_released_before_sampling_and_by_the_next_request(script):
+    from lib_layerdiffusion.hosts.comfy_patcher import _RegulatedAutoencoder
+    p = img2img_p([transparent_disc()])
+    shared_vae = p.sd_model.forge_objects.vae
+    script.process(p, *args())
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *args())
+    assert isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    p.sd_model.forge_objects.vae.encode(torch.rand(1, 64, 64, 3))  # Forge encodes the init image
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *args(), x=noise, noise=noise)
+    assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+
+    # interrupted after the encode: nothing of ours ran again, the regulated copy stayed on forge_objects
+    p = img2img_p([transparent_disc()])
+    script.process(p, *args())
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *args())
+    nxt = img2img_p([Image.new("RGB", (64, 64), (1, 2, 3))])
+    nxt.sd_model = p.sd_model
+    script.process(nxt, *args(enabled=False))  # the next request, LayerDiffuse off
+    assert not isinstance(nxt.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    assert type(nxt.sd_model.forge_objects.vae) is type(shared_vae)

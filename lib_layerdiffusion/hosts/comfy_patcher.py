@@ -22,11 +22,21 @@ from ..request.settings import decoder_dtype
 log = logging.getLogger(__name__)
 
 
-def device_and_dtype(memory_management, precision: str) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(memory_management, precision: str, prefer_bf16: bool = False
+                     ) -> tuple[torch.device, torch.dtype]:
     """The host's compute device (memory_management.get_torch_device) and, on a GPU, the precision chosen in
-    Settings or, for "Automatic", half precision where the host would use it (should_use_fp16); fp32 on the CPU."""
+    Settings or, for "Automatic", half precision where the host would use it (should_use_fp16); fp32 on the CPU.
+    `prefer_bf16` (the FLUX.1 nets): "Automatic" is bf16 where the host says the device runs it
+    (should_use_bf16; torch's own check on a host without it)."""
     device = memory_management.get_torch_device()
-    return device, decoder_dtype(device, precision, memory_management.should_use_fp16)
+    supports_bf16 = None
+    if prefer_bf16:
+        supports_bf16 = getattr(memory_management, "should_use_bf16", None) or _torch_supports_bf16
+    return device, decoder_dtype(device, precision, memory_management.should_use_fp16, supports_bf16)
+
+
+def _torch_supports_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def clone_unet(p):
@@ -224,13 +234,29 @@ def set_vae_regulation(p, regulation: Callable) -> bool:
     object whose first_stage_model is the real autoencoder behind a _RegulatedAutoencoder. (Forge main's
     set_model_vae_regulation is gone from Neo, and reForge's VAE.encode no longer passes it on.) False where the
     autoencoder has no `encoder` module to take the moments from."""
+    release_vae_regulation(p)  # never a regulation on top of another one
     vae = p.sd_model.forge_objects.vae
     inner = getattr(vae, "first_stage_model", None)
     if not isinstance(getattr(inner, "encoder", None), torch.nn.Module):
         return False
-    vae = copy.copy(vae)
-    vae.first_stage_model = _RegulatedAutoencoder(inner, regulation)
-    p.sd_model.forge_objects.vae = vae
+    regulated = copy.copy(vae)
+    regulated.first_stage_model = _RegulatedAutoencoder(inner, regulation)
+    regulated.layerdiffuse_unregulated = vae
+    p.sd_model.forge_objects.vae = regulated
+    return True
+
+
+def release_vae_regulation(p) -> bool:
+    """Put back the VAE that set_vae_regulation replaced, if the current one is such a regulated copy (of this
+    request, once its init images are encoded, or of an earlier one that was interrupted or failed before Forge
+    rebuilt forge_objects: the next img2img would otherwise encode with that request's offsets). True when one
+    was released."""
+    forge_objects = getattr(getattr(p, "sd_model", None), "forge_objects", None)
+    vae = getattr(forge_objects, "vae", None)
+    if not isinstance(getattr(vae, "first_stage_model", None), _RegulatedAutoencoder):
+        return False
+    forge_objects.vae = vae.layerdiffuse_unregulated
+    log.info("[LayerDiffuse] Released the init image transparency regulation of the VAE.")
     return True
 
 

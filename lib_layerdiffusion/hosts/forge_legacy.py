@@ -17,13 +17,15 @@ from . import comfy_patcher
 from ..errors import UnsupportedModelError
 from ..networks.attention_sharing import sd15_attention_modules
 from .comfy_patcher import (  # noqa: F401  (part of this host's interface)
-    clone_unet, fail_sampling, install_unet, record_vae_decodes, set_transformer_option, set_vae_regulation,
+    clone_unet, fail_sampling, install_unet, record_vae_decodes, release_vae_regulation, set_transformer_option,
+    set_vae_regulation,
 )
 from .webui import (  # noqa: F401  (part of this host's interface)
-    base_model, default_models_folder, fail_before_sampling, has_init_images_hook, image_index,
+    base_model, decode_with_full_vae, default_models_folder, fail_after_sampling, fail_before_sampling,
+    has_init_images_hook, image_index,
     infotext_takes_callables, install_api_middleware, on_image_saved, on_image_saving, output_format, read_option,
     register_settings, resize_image, save_extra_image, stealth_infotext_mode, tell_user,
-    vae_encode_is_full,
+    vae_decode_is_full, vae_encode_is_full,
 )
 
 NAME = "Forge (ldm_patched: old Forge / reForge)"
@@ -34,9 +36,9 @@ def latent_channels(sd_model) -> int | None:
     return getattr(sd_model.forge_objects.unet.model.latent_format, "latent_channels", None)
 
 
-def compute_device_and_dtype(precision: str = "Automatic"):
+def compute_device_and_dtype(precision: str = "Automatic", prefer_bf16: bool = False):
     """Where the transparent VAE runs and in which precision (ldm_patched/modules/model_management.py get_torch_device, should_use_fp16)."""
-    return comfy_patcher.device_and_dtype(model_management, precision)
+    return comfy_patcher.device_and_dtype(model_management, precision, prefer_bf16)
 
 
 def unet_device_and_dtype(unet):

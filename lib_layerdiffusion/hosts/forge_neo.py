@@ -21,13 +21,15 @@ from .forge_backend import (  # noqa: F401  (what Neo shares with Forge main's b
     unet_device_and_dtype,
 )
 from .comfy_patcher import (  # noqa: F401  (part of this host's interface)
-    clone_unet, fail_sampling, install_unet, record_vae_decodes, set_transformer_option, set_vae_regulation,
+    clone_unet, fail_sampling, install_unet, record_vae_decodes, release_vae_regulation, set_transformer_option,
+    set_vae_regulation,
 )
 from .webui import (  # noqa: F401  (part of this host's interface)
-    base_model, default_models_folder, fail_before_sampling, has_init_images_hook, image_index,
+    base_model, decode_with_full_vae, default_models_folder, fail_after_sampling, fail_before_sampling,
+    has_init_images_hook, image_index,
     infotext_takes_callables, install_api_middleware, on_image_saved, on_image_saving, output_format, read_option,
     register_settings, resize_image, save_extra_image, stealth_infotext_mode, tell_user,
-    vae_encode_is_full,
+    vae_decode_is_full, vae_encode_is_full,
 )
 
 NAME = "Forge Neo"

@@ -86,6 +86,46 @@ def fail_before_sampling(p, error: LayerDiffuseError) -> None:
     p.sample = sample
 
 
+def fail_after_sampling(p, error: LayerDiffuseError) -> None:
+    """Stop this generation with `error` once an image was sampled but could not be made transparent.
+
+    After sampling every hook is guarded by the script runner, so the error is raised from the two calls of the
+    request that are not: a later batch's `p.sample`, and `p.close()`, which both the API
+    (modules/api/api.py text2imgapi / img2imgapi: `with closing(p)`) and the UI (modules/txt2img.py, img2img.py:
+    `with closing(p)`) make when processing ends. The UI shows the message, the API answers with it; files saved
+    before the failure stay on disk, the user is told why they are opaque."""
+    fail_before_sampling(p, error)
+    if getattr(p, "layerdiffuse_close_raises", None) is not None:
+        return  # already failing: keep the first error
+    close = p.close
+
+    def close_then_raise():
+        close()
+        raise error
+
+    p.layerdiffuse_close_raises = error
+    p.close = close_then_raise
+
+
+def vae_decode_is_full() -> bool:
+    """modules/shared opts.sd_vae_decode_method: with 'TAESD' (or an approximation) Forge's final decode
+    (modules/sd_samplers_common.py samples_to_images_tensor) never calls the checkpoint's VAE."""
+    from modules.shared import opts
+    return getattr(opts, "sd_vae_decode_method", "Full") == "Full"
+
+
+def decode_with_full_vae(p, samples):
+    """The sampled latents decoded by the checkpoint's own VAE whatever 'VAE type for decode' says
+    (modules/sd_samplers_common.py samples_to_images_tensor with approximation 0 → sd_model.decode_first_stage),
+    as the list Forge takes as already decoded (modules/processing.py DecodedSamples: process_images_inner then
+    skips its own decode)."""
+    from modules import processing, sd_samplers_common
+    decoded = processing.DecodedSamples()
+    for image in sd_samplers_common.samples_to_images_tensor(samples, 0, p.sd_model):
+        decoded.append(image.cpu())
+    return decoded
+
+
 def tell_user(p, message: str) -> None:
     """A note shown under the results in the UI and returned in the API's info (StableDiffusionProcessing.comment),
     and logged."""

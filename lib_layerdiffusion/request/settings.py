@@ -84,11 +84,16 @@ class Settings:
 _PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def decoder_dtype(device: torch.device, precision: str, host_prefers_fp16) -> torch.dtype:
+def decoder_dtype(device: torch.device, precision: str, host_prefers_fp16, host_supports_bf16=None) -> torch.dtype:
     """The transparent VAE's dtype: fp32 on the CPU; on a GPU the precision chosen in Settings, or for
-    "Automatic" the host's own choice (`host_prefers_fp16(device)`, e.g. Forge's should_use_fp16)."""
+    "Automatic" the host's own choice (`host_prefers_fp16(device)`, e.g. Forge's should_use_fp16).
+    `host_supports_bf16(device)` is given for the FLUX.1 nets: their pixel input is unclipped and their
+    activations outgrow fp16's range, so "Automatic" takes bf16 where the device has it (the Flux port runs them
+    in bf16), then fp16 / fp32 as for the others."""
     if device.type == "cpu":
         return torch.float32
     if precision in _PRECISION_DTYPES:
         return _PRECISION_DTYPES[precision]
+    if host_supports_bf16 is not None and host_supports_bf16(device):
+        return torch.bfloat16
     return torch.float16 if host_prefers_fp16(device) else torch.float32

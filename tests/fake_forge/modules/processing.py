@@ -11,3 +11,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
             value = value(p=p, index=index)
         values[key] = value
     return ", ".join(f"{k}: {v}" for k, v in values.items() if v is not None)
+
+
+class DecodedSamples(list):  # processing.py:624: process_images_inner skips its own decode for these
+    already_decoded = True

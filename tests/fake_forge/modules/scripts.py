@@ -8,6 +8,11 @@ class Script:
     paste_field_names = None
 
 
+class PostSampleArgs:  # scripts.py:28
+    def __init__(self, samples):
+        self.samples = samples
+
+
 class PostprocessImageArgs:  # modules/scripts.py:32 PostprocessImageArgs
     def __init__(self, image, index):
         self.image = image

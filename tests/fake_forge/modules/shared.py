@@ -12,6 +12,7 @@ class Options:  # modules/options.py Options: saved values in .data, registered 
         self.data = {}
         self.data_labels = {}
         self.sd_vae_encode_method = "Full"
+        self.sd_vae_decode_method = "Full"  # shared_options.py:214 "VAE type for decode"
         self.samples_format = "png"
         self.enable_pnginfo = True
         self.samples_save = True  # "Always save all generated images"

@@ -16,7 +16,7 @@ from PIL import Image
 import fake_host
 from modules import images, scripts
 from modules.sd_samplers_common import approximation_indexes, decode_first_stage, images_tensor_to_samples
-from modules.shared import opts
+from modules.shared import opts, state
 from modules_forge.forge_sampler import forge_sample, sampling_prepare
 
 REFORGE = fake_host.is_reforge()
@@ -67,6 +67,9 @@ class StableDiffusionProcessing:  # :142 / :142
 
     def comment(self, text):  # :301 / :317
         self.comments[text] = 1
+
+    def close(self):  # :412 / :425 (the API and the UI call it when processing ends: `with closing(p)`)
+        self.sampler = None
 
     def save_samples(self):  # :519 / :629 (nothing interrupted here)
         return opts.samples_save and not self.do_not_save_samples
@@ -236,6 +239,8 @@ def process_images_inner(p):  # :766 / :938
 
         for n in range(p.n_iter):
             p.iteration = n  # :832 / :1011
+            if state.interrupted or state.stopping_generation:  # :837 / :1016
+                break
             p.sd_model.forge_objects = p.sd_model.forge_objects_original.shallow_copy()  # :842 / :1021
             p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
             p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
@@ -250,8 +255,18 @@ def process_images_inner(p):  # :766 / :938
                 for x_sample in samples_ddim:
                     p.latents_after_sampling.append(x_sample)  # :1089
 
-            x_samples_ddim = decode_latent_batch(p.sd_model, samples_ddim, target_device=torch.device("cpu"),
-                                                 check_for_nans=True)  # :938 / :1110
+            if p.scripts is not None:  # :928 / :1098
+                ps = scripts.PostSampleArgs(samples_ddim)
+                p.scripts.post_sample(p, ps)
+                samples_ddim = ps.samples
+
+            if getattr(samples_ddim, 'already_decoded', False):  # :933 / :1103
+                x_samples_ddim = samples_ddim
+            else:
+                if opts.sd_vae_decode_method != 'Full':  # :936 / :1108
+                    p.extra_generation_params['VAE Decoder'] = opts.sd_vae_decode_method
+                x_samples_ddim = decode_latent_batch(p.sd_model, samples_ddim, target_device=torch.device("cpu"),
+                                                     check_for_nans=True)  # :938 / :1110
             x_samples_ddim = torch.stack(x_samples_ddim).float()
             x_samples_ddim = torch.clamp((x_samples_ddim + 1.0) / 2.0, min=0.0, max=1.0)  # :941 / :1113
 

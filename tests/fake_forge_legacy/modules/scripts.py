@@ -17,6 +17,11 @@ class PostprocessImageArgs:  # :30 / :32
         self.image = image
 
 
+class PostSampleArgs:  # :26 / :28
+    def __init__(self, samples):
+        self.samples = samples
+
+
 class Script:  # :50 / :52
     filename = None
     args_from = None
@@ -48,6 +53,9 @@ class ScriptRunner:  # :571 / :560
 
     def process_before_every_sampling(self, p, **kwargs):  # :831 / :864
         self._run("process_before_every_sampling", p, **kwargs)
+
+    def post_sample(self, p, ps):  # :863 / :928
+        self._run("post_sample", p, ps)
 
     def postprocess_image(self, p, pp):  # :879 / :944
         self._run("postprocess_image", p, pp)

@@ -39,6 +39,7 @@ _options = {  # modules/shared_options.py, lines as (bfee03d8 / 3b56b268)
     "samples_format": OptionInfo('png', 'File format for images'),  # :34 / :37
     "upscaler_for_img2img": OptionInfo(None, "Upscaler for img2img"),  # :103 / :125
     "sd_vae_encode_method": OptionInfo("Full", "VAE type for encode"),  # :186 / :239
+    "sd_vae_decode_method": OptionInfo("Full", "VAE type for decode"),  # :187 / :240
     "img2img_background_color": OptionInfo("#ffffff", "With img2img, fill transparent parts ..."),  # :196 / :269
     "overlay_inpaint": OptionInfo(True, "Overlay original for inpaint"),  # :204 / :277
     "enable_pnginfo": OptionInfo(True, "Write infotext to metadata of the generated image"),  # :322 / :402
@@ -47,3 +48,11 @@ if fake_host.is_reforge():  # shared_options.py:403 (3b56b268); bfee03d8 has no 
     _options["stealth_pnginfo_opt"] = OptionInfo("None", "Stealth infotext mode")
 
 opts = Options(_options)
+
+
+class State:  # modules/shared_state.py State: the flags the processing loop reads
+    interrupted = False
+    stopping_generation = False
+
+
+state = State()

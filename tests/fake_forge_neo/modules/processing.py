@@ -16,3 +16,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
         except Exception:
             generation_params[key] = None
     return ", ".join(k if k == v else f"{k}: {v}" for k, v in generation_params.items() if v is not None)
+
+
+class DecodedSamples(list):  # processing.py:615: process_images_inner skips its own decode for these
+    already_decoded = True

@@ -3,6 +3,11 @@
 AlwaysVisible = object()  # scripts.py:14
 
 
+class PostSampleArgs:  # scripts.py:30
+    def __init__(self, samples):
+        self.samples = samples
+
+
 class PostprocessImageArgs:  # scripts.py:35
     def __init__(self, image, index):
         self.image = image
