@@ -65,6 +65,9 @@ CASES = {
     "sdxl_bgble2fg": _case(SDXL, "sdxl_bgble2fg", inputs=("bg", "blend")),
     "sdxl_img2img": _case(SDXL, "sdxl_attn", img2img=True),
     "sdxl_hires": _case(SDXL, "sdxl_attn", hires=True),
+    # 'VAE type for decode' = TAESD: LayerDiffuse decodes with the full VAE itself (same image as sdxl_attn)
+    "sdxl_taesd_decode": _case(SDXL, "sdxl_attn", options={"sd_vae_decode_method": "TAESD"}),
+    "sd15_taesd_decode": _case(SD15, "sd15_attn", options={"sd_vae_decode_method": "TAESD"}),
 }
 GROUPS = {"sd15": [k for k in CASES if k.startswith("sd15")], "sdxl": [k for k in CASES if k.startswith("sdxl")]}
 
@@ -141,7 +144,7 @@ def run_case(forge: ForgeClient, name: str, out: Path, size: int, steps: int, ou
             on_disk = np.asarray(Image.open(saved))
             result["saved_equals_first"] = bool(first.shape == on_disk.shape and (first == on_disk).all())
             result["saved_mode"] = Image.open(saved).mode
-        result.update(images=described, infotexts=infotexts,
+        result.update(images=described, infotexts=infotexts, comments=info.get("comments"),
                       layerdiffusion_infotext=bool(infotexts) and all("layerdiffusion_method" in t for t in infotexts),
                       rgba_first=bool(described) and described[0]["mode"] == "RGBA")
     else:
