@@ -742,6 +742,11 @@ def test_a_decode_that_no_vae_saw_stops_the_generation(script, bridge, monkeypat
     from lib_layerdiffusion.errors import LayerDiffuseError
 
     class DecodesItself(host_scripts.Script):
+        def process(self, p, *args, **kwargs):  # modules/scripts.py Script: every other hook does nothing
+            pass
+
+        process_before_every_sampling = postprocess_image = postprocess_image_after_composite = process
+
         def post_sample(self, p, ps, *args):
             decoded = processing.DecodedSamples()
             decoded.extend(torch.tanh(ps.samples[:, :3]))
@@ -756,6 +761,7 @@ def test_a_decode_that_no_vae_saw_stops_the_generation(script, bridge, monkeypat
     with pytest.raises(LayerDiffuseError, match="did not decode this image's latent"):
         with contextlib.closing(p):
             processing.process_images_inner(p)
+    assert p.scripts.errors == []
 
 
 def test_an_unexpected_error_while_patching_stops_instead_of_reusing_the_last_latent(script, bridge, monkeypatch,
