@@ -6,6 +6,7 @@ change each other.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -197,8 +198,9 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
         return None
     pixel = _decoder_pixels(p, index, composed).convert("RGB")
     latent = _final_latent(p, index)
-    log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f", index,
-             tuple(latent.shape), latent.mean().item(), latent.std().item())
+    log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f; from pixels %s "
+             "sha256 %s", index, tuple(latent.shape), latent.mean().item(), latent.std().item(), pixel.size,
+             hashlib.sha256(np.ascontiguousarray(np.asarray(pixel)).tobytes()).hexdigest())
     device, dtype = _device_and_dtype(bridge, gen.args, gen.settings)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     rgba = rgba_image(_decode(decoder, pixel, latent, gen))
