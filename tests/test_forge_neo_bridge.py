@@ -803,3 +803,55 @@ def test_script_foreign_error_in_a_hook_stops_the_generation_on_neo(script, brid
     p = make_p(sdxl())
     with pytest.raises(HookError, match="Patching the model failed.*TypeError"):
         neo_txt2img(script, p, script_args())
+
+
+def neo_img2img_p(init_images):
+    p = make_p(sdxl())
+    p.init_images, p.resize_mode, p.mask_for_overlay, p.paste_to = list(init_images), 0, None, None
+    return p
+
+
+def transparent_square():
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    image.paste((200, 40, 40, 255), (16, 16, 48, 48))
+    return image
+
+
+def test_script_img2img_regulation_never_outlives_its_request_on_neo(script, bridge):
+    """Put back before sampling; and if the request was interrupted right after its init encode (Neo
+    processing.py rebuilds forge_objects only at the next batch), the next request's process puts it back before
+    that request's init images are encoded."""
+    from lib_layerdiffusion.hosts.comfy_patcher import _RegulatedAutoencoder
+    args = script_args()
+    p = neo_img2img_p([transparent_square()])
+    script.process(p, *args)
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *args)
+    assert isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    with torch.inference_mode():
+        p.sd_model.forge_objects.vae.encode(torch.rand(1, 64, 64, 3))
+    noise = torch.zeros((1, 4, 8, 8))
+    script.process_before_every_sampling(p, *args, x=noise, noise=noise)
+    assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+
+    interrupted = neo_img2img_p([transparent_square()])
+    script.process(interrupted, *args)
+    script.before_process_init_images(interrupted, {"crop_region": None, "image_mask": None}, *args)
+    following = neo_img2img_p([Image.new("RGB", (64, 64), (5, 6, 7))])
+    following.sd_model = interrupted.sd_model
+    script.process(following, False, *args[1:])  # LayerDiffuse off
+    assert type(following.sd_model.forge_objects.vae.first_stage_model).__name__ == "IntegratedAutoencoderKL"
+
+
+def test_script_img2img_encoder_failure_leaves_init_images_alone_on_neo(script, bridge, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+    from lib_layerdiffusion.hosts.comfy_patcher import _RegulatedAutoencoder
+    monkeypatch.setattr(generation._built, "get", lambda *a, **k: (_ for _ in ()).throw(OSError("disk read error")))
+    square = transparent_square()
+    p = neo_img2img_p([square])
+    script.process(p, *script_args())
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *script_args())
+    assert p.init_images[0] is square
+    assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    with pytest.raises(HookError, match="Preparing the init images failed.*OSError.*disk read error"):
+        p.sample()

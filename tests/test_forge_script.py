@@ -736,3 +736,18 @@ def test_img2img_regulation_is_released_before_sampling_and_by_the_next_request(
     script.process(nxt, *args(enabled=False))  # the next request, LayerDiffuse off
     assert not isinstance(nxt.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
     assert type(nxt.sd_model.forge_objects.vae) is type(shared_vae)
+
+
+def test_img2img_encoder_failure_leaves_the_init_images_and_the_vae_alone(script, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.errors import HookError
+    from lib_layerdiffusion.hosts.comfy_patcher import _RegulatedAutoencoder
+    monkeypatch.setattr(generation._built, "get", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    disc = transparent_disc()
+    p = img2img_p([disc])
+    script.process(p, *args())
+    script.before_process_init_images(p, {"crop_region": None, "image_mask": None}, *args())
+    assert p.init_images[0] is disc and not hasattr(p, "layerdiffuse_init")
+    assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
+    with pytest.raises(HookError, match="Preparing the init images failed.*Out of memory"):
+        p.sample()
