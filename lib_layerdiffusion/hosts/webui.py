@@ -97,6 +97,7 @@ def fail_after_sampling(p, error: LayerDiffuseError) -> None:
     fail_before_sampling(p, error)
     if getattr(p, "layerdiffuse_close_raises", None) is not None:
         return  # already failing: keep the first error
+    p.comment(error.detail)  # also in the result's notes, where a caller never closes this p (X/Y/Z plot cells)
     close = p.close
 
     def close_then_raise():
