@@ -196,11 +196,13 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     method = gen.args.method
     if not method.is_transparent_frame(index):
         return None
-    pixel = _decoder_pixels(p, index, composed).convert("RGB")
-    latent = _final_latent(p, index)
+    latent, decoded = _final_decode(p, index)
+    image = _decoder_image(p, index, composed)
+    pixel, exact = _decoder_pixels(image, decoded)
     log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f; from pixels %s "
-             "sha256 %s", index, tuple(latent.shape), latent.mean().item(), latent.std().item(), pixel.size,
-             hashlib.sha256(np.ascontiguousarray(np.asarray(pixel)).tobytes()).hexdigest())
+             "sha256 %s (%s)", index, tuple(latent.shape), latent.mean().item(), latent.std().item(), image.size,
+             hashlib.sha256(np.ascontiguousarray(np.asarray(image)).tobytes()).hexdigest(),
+             "the VAE's float output" if exact else "the 8-bit image")
     device, dtype = _device_and_dtype(bridge, gen.args, gen.settings)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     rgba = rgba_image(_decode(decoder, pixel, latent, gen))
@@ -216,27 +218,44 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
     return rgba, checkerboard_preview_of(rgba)
 
 
-def _decoder_pixels(p, index: int, composed: Image.Image) -> Image.Image:
-    """The RGB the transparent decoder reads with the latent: the image as Forge composed it, so that what other
-    scripts did to it after sampling (ADetailer, face restoration, ...) is in the transparent result whatever the
-    order of their hooks; for inpainting, where Forge pastes and overlays the generated image, the generated
+def _decoder_image(p, index: int, composed: Image.Image) -> Image.Image:
+    """The RGB image the transparent decoder reads with the latent: the image as Forge composed it, so that what
+    other scripts did to it after sampling (ADetailer, face restoration, ...) is in the transparent result whatever
+    the order of their hooks; for inpainting, where Forge pastes and overlays the generated image, the generated
     image itself as the VAE decoded it (at the generation size, before the overlay)."""
     inpainting = getattr(p, "mask_for_overlay", None) is not None or getattr(p, "paste_to", None) is not None
     recorded = (getattr(p, PIXELS_ATTR, None) or {}).get(index)
-    if inpainting and recorded is not None:
-        return recorded
-    return composed
+    image = recorded if inpainting and recorded is not None else composed
+    return image.convert("RGB")
 
 
-def _final_latent(p, index: int) -> torch.Tensor:
-    """The raw latent (what the VAE's decode received) of the image at `index` of the current batch: the last
-    batch_size rows the VAE decoded in this sampling (Forge decodes the final latents last, after any hires
-    first pass or preview). Without one the alpha could only be guessed from the pixels, so that stops the
-    generation."""
-    rows: list[torch.Tensor] = []
+def _decoder_pixels(image: Image.Image, decoded: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """(1,3,H,W) in [0,1]: the VAE's float output for this image where Forge's 8-bit image is just that output
+    rounded down (nothing edited it), as the reference decoders read it; else the 8-bit image, edits included.
+    Also whether it is the float output."""
+    eight_bit = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    if decoded is None or tuple(decoded.shape[1:]) != tuple(eight_bit.shape[2:]) or decoded.shape[0] != 3:
+        return eight_bit, False
+    decoded = decoded.clamp(0.0, 1.0)[None]
+    # Forge: 255 · x cast to uint8 (rounded down); one level of slack for float noise on the way
+    if (eight_bit * 255.0 - torch.floor(decoded * 255.0)).abs().max().item() > 1.0:
+        return eight_bit, False
+    return decoded, True
+
+
+def _final_decode(p, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The raw latent (what the VAE's decode received) of the image at `index` of the current batch, and the
+    VAE's float output for it where recorded: the last batch_size rows the VAE decoded in this sampling (Forge
+    decodes the final latents last, after any hires first pass or preview). Without a latent the alpha could only
+    be guessed from the pixels, so that stops the generation."""
+    records = getattr(p, DECODED_ATTR, None) or []
+    outputs = list(getattr(records, "pixels", ()))
+    outputs += [None] * (len(records) - len(outputs))
+    rows: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     batch = int(p.batch_size)
-    for decoded in reversed(getattr(p, DECODED_ATTR, None) or []):  # the last `batch` rows, newest last
-        rows[:0] = list(decoded)
+    for latents, images in reversed(list(zip(records, outputs))):  # the last `batch` rows, newest last
+        images = list(images) if images is not None and len(images) == len(latents) else [None] * len(latents)
+        rows[:0] = list(zip(latents, images))
         if len(rows) >= batch:
             return rows[len(rows) - batch + index % batch]
     raise LayerDiffuseError(
@@ -245,10 +264,9 @@ def _final_latent(p, index: int) -> torch.Tensor:
         f"'VAE type for decode' to Full in Settings.")
 
 
-def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
-    """(4,H,W) alpha-first in [0,1] from an RGB picture and its (C,H/8,W/8) latent."""
-    pixel_t = torch.from_numpy(np.asarray(pixel, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    height, width = pixel_t.shape[2:]
+def _decode(decoder: TransparentDecoder, pixel: torch.Tensor, latent: torch.Tensor, gen: Generation) -> torch.Tensor:
+    """(4,H,W) alpha-first in [0,1] from a (1,3,H,W) picture in [0,1] and its (C,H/8,W/8) latent."""
+    height, width = pixel.shape[2:]
     latent_t = latent[None]
     if height % 8 or width % 8 or latent_t.shape[2:] != (height // 8, width // 8):
         # the pixels are not this latent's decode (another script resized the image after sampling)
@@ -256,7 +274,7 @@ def _decode(decoder: TransparentDecoder, pixel: Image.Image, latent: torch.Tenso
             f"[LayerDiffuse] The image is {width}x{height} but its latent is {latent_t.shape[3] * 8}x"
             f"{latent_t.shape[2] * 8}: something resized it after sampling, so its transparency cannot be decoded. "
             f"Upscale after generating (Extras keeps the alpha) instead.")
-    return decoder.decode(pixel_t, latent_t, passes=gen.decoder_passes)[0].float().cpu()
+    return decoder.decode(pixel, latent_t, passes=gen.decoder_passes)[0].float().cpu()
 
 
 class _BuiltModels:

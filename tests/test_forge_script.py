@@ -751,3 +751,43 @@ def test_img2img_encoder_failure_leaves_the_init_images_and_the_vae_alone(script
     assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
     with pytest.raises(HookError, match="Preparing the init images failed.*Out of memory"):
         p.sample()
+
+
+@pytest.mark.parametrize("edit", [None, "before", "after"])
+def test_the_decoder_reads_the_vaes_float_output_unless_a_script_edited_the_image(script, monkeypatch, edit):
+    """Unedited: the VAE's float output (what Forge rounds down to 8 bits), as the reference decoders read it.
+    Edited after sampling by another script's postprocess_image (ADetailer and the like), whether that hook runs
+    before or after LayerDiffuse's: the edited 8-bit image, which is what Forge saves."""
+    from modules.scripts import PostprocessImageArgs
+    from lib_layerdiffusion.networks.transparent_vae import TransparentDecoder
+    seen = []
+    decode = TransparentDecoder.decode
+    monkeypatch.setattr(TransparentDecoder, "decode",
+                        lambda self, pixel, latent, passes=8: seen.append(pixel) or decode(self, pixel, latent, passes))
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    vae = p.sd_model.forge_objects.vae
+    decoded = vae.decode(vae.first_stage_model.process_out(torch.randn(1, 4, 8, 8)))[0]  # H×W×3 in [0, 1]
+    image = Image.fromarray((decoded.clamp(0, 1) * 255).numpy().astype(np.uint8))  # Forge: 255 · x as uint8
+
+    def paint(pp):
+        pp.image = pp.image.copy()
+        pp.image.paste((255, 0, 255), (8, 8, 24, 24))
+
+    pp = PostprocessImageArgs(image, 0)
+    if edit == "before":
+        paint(pp)
+    script.postprocess_image(p, pp, *args())
+    if edit == "after":
+        paint(pp)
+    p.pixels_after_sampling.append(pp.image)
+    final = pp.image
+    script.postprocess_image_after_composite(p, PostprocessImageArgs(final, 0), *args())
+    (pixel,) = seen
+    if edit is None:
+        torch.testing.assert_close(pixel[0], decoded.movedim(-1, 0).clamp(0, 1))  # not rounded to 8 bits
+        assert not torch.equal(pixel[0] * 255, torch.round(pixel[0] * 255))
+    else:
+        expected = torch.from_numpy(np.asarray(final, np.float32) / 255).permute(2, 0, 1)
+        torch.testing.assert_close(pixel[0], expected)
+        assert tuple((pixel[0][:, 10, 10] * 255).round().tolist()) == (255.0, 0.0, 255.0)  # the edit is in

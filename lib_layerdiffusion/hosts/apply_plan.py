@@ -37,9 +37,18 @@ def apply_plan(p, plan: SamplingPlan, host, store: ModelStore, base_name: str) -
     host.install_unet(p, unet)
     if plan.decoder_file is None:
         return None
-    decoded: list = []
+    decoded = RecordedDecodes()
     host.record_vae_decodes(p, decoded)
     return decoded
+
+
+class RecordedDecodes(list):
+    """The latent batches this sampling's VAE decoded (the list), and beside them in `pixels` each decode's
+    images as floats (B×3×H×W in [0, 1]; None where the host's decode gave something else)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pixels: list = []
 
 
 def _add_weight_patches(unet, plan: SamplingPlan, host, store: ModelStore, base_name: str) -> None:

@@ -186,12 +186,18 @@ def record_vae_decodes(p, sink: list) -> bool:
     batch, so the copy lives for this sampling only."""
     vae = copy.copy(p.sd_model.forge_objects.vae)
     decode = vae.decode
+    pixels = getattr(sink, "pixels", None)  # apply_plan.RecordedDecodes: the decoded images too
 
     def recording_decode(samples, *args, **kwargs):
         sink.append(samples.detach().float().cpu())
         log.info("[LayerDiffuse] VAE decode input %s: mean %.6f, std %.6f", tuple(samples.shape),
                  sink[-1].mean().item(), sink[-1].std().item())
-        return decode(samples, *args, **kwargs)
+        decoded = decode(samples, *args, **kwargs)
+        if pixels is not None:
+            # every Forge's VAE.decode gives B×H×W×3 in [0, 1] (clipped), as float: the transparent decoder's
+            # pixel input before Forge rounds it down to 8 bits
+            pixels.append(decoded.detach().float().cpu().movedim(-1, 1) if torch.is_tensor(decoded) else None)
+        return decoded
 
     vae.decode = recording_decode
     p.sd_model.forge_objects.vae = vae
