@@ -35,8 +35,7 @@ if str(ROOT) not in sys.path:
 
 FORGE = os.environ.get("LAYERDIFFUSE_FORGE_ROOT")
 H, HEADS, STRENGTH, RANK = 256, 2, 0.8, 4
-CONFIG = dict(in_channels=64, vec_in_dim=768, context_in_dim=4096, hidden_size=H, mlp_ratio=4.0, num_heads=HEADS,
-              depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True)
+SMALL = dict(hidden_size=H, num_heads=HEADS, depth=1, depth_single_blocks=1)  # over FLUX.1-dev's unet_config
 # diffusers module -> (BFL weight, first row, rows)
 TARGETS = {
     "transformer_blocks.0.attn.to_q": ("double_blocks.0.img_attn.qkv", 0, H),
@@ -145,12 +144,26 @@ def inputs():
                 guidance=torch.tensor([3.5]))
 
 
+def small_config(f) -> dict:
+    """The host's FLUX.1-dev unet_config (huggingface_guess on the keys it reads, as test_flux_lora_mapping builds
+    it; Neo's has out_channels / patch_size too), made small."""
+    import json
+    from flux_guess_keys import guess_keys
+    with open(os.path.join(f.root, "backend", "huggingface", "black-forest-labs", "FLUX.1-dev", "transformer",
+                           "config.json")) as fh:
+        cfg = json.load(fh)
+    config = f.guess.guess(guess_keys(cfg)).unet_config.copy()
+    config.update(SMALL)
+    return config
+
+
 def run(f, qtype_name: str, tmp: str) -> dict:
     import gguf
     import torch
     from backend import memory_management, operations, utils
     from lib_layerdiffusion.hosts import flux_lora
 
+    CONFIG = small_config(f)
     qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
     with torch.device("meta"):
         layout = checkpoint_layout(f.Flux(**CONFIG))  # the file's names (Neo: RMSNorm .weight -> .scale)
