@@ -3,7 +3,8 @@ bridge's add_peft_lora into the fakes of Forge main (tests/fake_forge) and Forge
 mirror the hosts' LoRA loading (key map, load_lora, ModelPatcher.add_patches, LoraLoader.refresh with its online
 and its dequantise-merge-quantise paths) and their quantised Linear layers (GGUF: ForgeOperationsGGUF.Linear over
 ParameterGGUF read from a real .gguf file with the `gguf` package; NF4: bnb's Linear over a 4-bit NormalFloat
-weight), each call naming the host file and line.
+weight; plain fp32 Linear layers standing for fp8 / bf16 checkpoints, where the LoRA is merged), each call naming
+the host file and line.
 
 The model is FLUX.1's block linears in BFL's layout (one double and one single block, hidden size 256 so that the
 K-quants' 256-wide blocks fit): the fused qkv / linear1 rows receive several diffusers modules each. What is
@@ -139,6 +140,12 @@ def load_quantised(fmt: str, tmp_path):
     from backend import memory_management, operations
 
     dense = dense_weights()
+    if fmt == "float":  # fp32 here, as fp8 / bf16 / fp16 checkpoints: plain Linear layers, the LoRA merged
+        with operations.using_forge_operations(device=torch.device("cpu"), dtype=torch.float32):
+            kmodel = flux_stand_in()
+        kmodel.diffusion_model.load_state_dict(dense, strict=False)
+        return kmodel, {k[:-len(".weight")]: v for k, v in dense.items() if k.endswith(".weight")}, {
+            k: v for k, v in dense.items() if k.endswith(".bias")}
     if fmt == "nf4":
         with operations.using_forge_operations(device=torch.device("cpu"), dtype=torch.float32, bnb_dtype="nf4"):
             kmodel = flux_stand_in()
@@ -188,7 +195,7 @@ def inputs() -> dict:
     return {n_in: torch.randn(3, n_in, generator=g) for n_in in {s[1] for s in LINEARS.values()}}
 
 
-@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K", "Q5_K", "nf4"])
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q4_K", "Q5_K", "nf4", "float"])
 @pytest.mark.parametrize("which", ["forge", "neo"])
 def test_the_lora_lands_on_every_quantised_linear_and_equals_the_dense_computation(which, fmt, tmp_path, caplog):
     lora = peft_lora()
@@ -204,8 +211,12 @@ def test_the_lora_lands_on_every_quantised_linear_and_equals_the_dense_computati
         caplog.set_level("INFO")
         unmatched = bridge.add_peft_lora(patched, "layerlora.safetensors", lora, STRENGTH)
         assert unmatched == {}
-        assert patched.has_online_lora()  # quantised weights: online, not merged and quantised again
-        assert "applied online" in caplog.text and ("bitsandbytes nf4" if fmt == "nf4" else f"GGUF {fmt}") in caplog.text
+        if fmt == "float":  # plain weights: merged by the LoraLoader
+            assert not patched.has_online_lora() and "applied online" not in caplog.text
+        else:  # quantised weights: online, not merged and quantised again
+            assert patched.has_online_lora()
+            assert "applied online" in caplog.text
+            assert ("bitsandbytes nf4" if fmt == "nf4" else f"GGUF {fmt}") in caplog.text
         patched.refresh_loras()
         with_lora = outputs(kmodel, x)
 
