@@ -297,21 +297,22 @@ class FakePatcher:
     def __init__(self, neo: bool, missing: str = ""):
         self.model, self.neo, self.missing, self.calls = FakeKModel(), neo, missing, []
 
-    def _add(self, patches, strength_patch, strength_model, filename=None):
-        self.calls.append((filename, strength_patch, strength_model, len(patches)))
+    def _add(self, patches, strength_patch, strength_model, filename, online_mode):
+        self.calls.append((filename, strength_patch, strength_model, online_mode, len(patches)))
         taken = [k for k in patches if (k if isinstance(k, str) else k[0]) != self.missing]
         return taken if self.neo else set(taken)
 
 
 class ForgePatcher(FakePatcher):
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
-        return self._add(patches, strength_patch, strength_model, filename)
+        return self._add(patches, strength_patch, strength_model, filename, online_mode)
 
 
 class NeoPatcher(FakePatcher):
     def add_patches(self, patches, strength_patch=1.0, strength_model=1.0, *, filename=None, online_mode=None):
-        assert filename is None
-        return self._add(patches, strength_patch, strength_model)
+        names = [k if isinstance(k, str) else k[0] for k in patches]
+        assert len(names) == len(set(names)), "Neo's add_patches keeps one patch per parameter (base.py:437)"
+        return self._add(patches, strength_patch, strength_model, filename, online_mode)
 
 
 @pytest.mark.parametrize("neo", [False, True])
@@ -323,13 +324,58 @@ def test_adding_reports_what_the_patcher_did_not_take(neo):
     missing = "diffusion_model.double_blocks.0.img_attn.qkv.weight"  # e.g. a parameter add_patches does not list
     unet = (NeoPatcher if neo else ForgePatcher)(neo, missing)
     if neo:
-        unmatched = flux_lora.neo_add_flux_lora(unet, sd, 0.5, lora_module)
+        unmatched = flux_lora.neo_add_flux_lora(unet, "layerlora.safetensors", sd, 0.5, lora_module)
+        # linear1 takes 4 patches (q, k, v, mlp rows), so 4 calls, each with one patch per parameter
+        assert [c[0] for c in unet.calls] == ["layerlora.safetensors"] + [f"layerlora.safetensors#{i}"
+                                                                            for i in (2, 3, 4)]
+        assert sum(c[4] for c in unet.calls) == len(diffusers_linear_shapes())
+        assert {c[1:4] for c in unet.calls} == {(0.5, 1.0, False)}  # plain weights: merged, not online
     else:
         unmatched = flux_lora.forge_add_flux_lora(unet, "layerlora.safetensors", sd, 0.5, lora_module)
-    assert unet.calls == [(None if neo else "layerlora.safetensors", 0.5, 1.0, len(diffusers_linear_shapes()))]
+        assert unet.calls == [("layerlora.safetensors", 0.5, 1.0, False, len(diffusers_linear_shapes()))]
     expect = {"transformer.nothing.lora_A.weight"} | {
         f"transformer.transformer_blocks.0.attn.{m}.lora_{ab}.weight" for m in ("to_q", "to_k", "to_v") for ab in "AB"}
     assert set(unmatched) == expect
     assert unmatched["transformer.transformer_blocks.0.attn.to_k.lora_A.weight"] == (
         f"the host did not take its patch on {missing}")
     assert list(unmatched) == sorted(unmatched)
+
+
+def test_one_patch_per_parameter_keeps_order_and_every_patch():
+    patches = {("w", (0, 0, 4)): 1, "v": 2, ("w", (0, 4, 4)): 3, ("w", (0, 8, 4)): 4, ("u", (0, 0, 4)): 5}
+    groups = flux_lora.one_patch_per_parameter(patches)
+    assert groups == [{("w", (0, 0, 4)): 1, "v": 2, ("u", (0, 0, 4)): 5}, {("w", (0, 4, 4)): 3},
+                      {("w", (0, 8, 4)): 4}]
+
+
+def test_quantisation_reads_what_the_hosts_lora_loader_reads():
+    class Q4_K:  # the name of the host's quant class is what the user sees
+        pass
+
+    gguf = torch.nn.Parameter(torch.zeros(2, 144, dtype=torch.uint8), requires_grad=False)
+    gguf.gguf_cls = Q4_K
+    assert flux_lora.quantisation(gguf) == "GGUF Q4_K"
+    f16 = torch.nn.Parameter(torch.zeros(4, 4))
+    f16.gguf_cls = None  # a GGUF file's F16 / F32 tensor
+    assert flux_lora.quantisation(f16) is None and not flux_lora.undecodable(f16)
+    nf4 = SimpleNamespace(bnb_quantized=True, quant_type="nf4")
+    assert flux_lora.quantisation(nf4) == "bitsandbytes nf4"
+    assert flux_lora.quantisation(torch.zeros(3)) is None
+    assert flux_lora.online_mode({"a": "GGUF Q8_0"}) and not flux_lora.online_mode({})
+
+
+def test_a_gguf_type_the_host_cannot_dequantise_is_refused_with_its_weights():
+    class Packed(torch.nn.Parameter):  # ParameterGGUF's form: the real shape over packed data
+        @property
+        def shape(self):
+            return torch.Size([8, 256])
+
+    iq = Packed(torch.zeros(8, 66, dtype=torch.uint8), requires_grad=False)
+    iq.gguf_cls = None  # e.g. IQ2_XS: not in operations_gguf.py quants_mapping
+    params = {"diffusion_model.single_blocks.0.linear2.weight": iq, "b": torch.zeros(8, 256)}
+    assert flux_lora.undecodable(iq)
+    flux_lora.check_decodable({"b": 1}, params)
+    with pytest.raises(flux_lora.UnsupportedModelError, match=r"\[LayerDiffuse\] 1 of the FLUX.1 weights .* GGUF "
+                                                              r"quantisation this Forge cannot dequantise .*"
+                                                              r"single_blocks.0.linear2.weight"):
+        flux_lora.check_decodable({"diffusion_model.single_blocks.0.linear2.weight": 1}, params)

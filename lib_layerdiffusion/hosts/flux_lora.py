@@ -16,8 +16,13 @@ argument and are what the bridges call.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
+
+from ..errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
 
 # diffusers' load_lora_weights keeps the transformer's keys by this prefix; a file saved from the transformer alone
 # (peft get_peft_model_state_dict) has none, and diffusers 0.32's peft.py load_lora_adapter then takes it all
@@ -263,20 +268,137 @@ def neo_flux_lora_patches(unet, state_dict: Mapping, lora_module) -> FluxLora:
     return lora_patches(state_dict, key_map, lora_module.load_lora, shapes)
 
 
+def quantisation(tensor) -> str | None:
+    """How a weight is stored when the hosts' LoRA loading must dequantise it first (Forge main
+    backend/patcher/lora.py:412-423, Neo lora.py:213-227 check the same two attributes): a GGUF parameter
+    (backend/operations_gguf.py ParameterGGUF, `gguf_cls` its quant class: Q8_0, Q4_K, ...) or a bitsandbytes 4-bit
+    weight (backend/operations_bnb.py ForgeParams4bit, `bnb_quantized`, quant_type nf4 / fp4). None for a weight
+    held as a plain tensor (fp32, fp16, bf16, fp8; a GGUF file's F16 / F32 tensors, whose gguf_cls is None)."""
+    gguf_cls = getattr(tensor, "gguf_cls", None)
+    if gguf_cls is not None:
+        return f"GGUF {getattr(gguf_cls, '__name__', gguf_cls)}"
+    if hasattr(tensor, "bnb_quantized"):
+        return f"bitsandbytes {getattr(tensor, 'quant_type', None) or '4-bit'}"
+    return None
+
+
+def undecodable(tensor) -> bool:
+    """A GGUF parameter of a type the host has no quant class for (operations_gguf.py quants_mapping lacks it, so
+    gguf_cls is None and dequantize_tensor hands back the packed bytes): its stored data is not of its shape."""
+    if not hasattr(tensor, "gguf_cls") or tensor.gguf_cls is not None:
+        return False
+    data = getattr(tensor, "data", None)
+    return data is not None and tuple(data.shape) != tuple(getattr(tensor, "shape", data.shape))
+
+
+def _parameter_of(key) -> str:
+    return key if isinstance(key, str) else key[0]
+
+
+def quantised_targets(patches: Mapping, parameters: Mapping) -> dict:
+    """parameter name -> quantisation(...) for every parameter the patches land on that is stored quantised."""
+    found = {}
+    for k in patches:
+        name = _parameter_of(k)
+        q = quantisation(parameters[name]) if name in parameters else None
+        if q is not None:
+            found[name] = q
+    return found
+
+
+def check_decodable(patches: Mapping, parameters: Mapping) -> None:
+    """Refuse, with a message naming the weights, when a target weight is stored in a GGUF type the host cannot
+    dequantise: no LoRA (and no image) can be computed on it."""
+    bad = sorted({_parameter_of(k) for k in patches
+                  if _parameter_of(k) in parameters and undecodable(parameters[_parameter_of(k)])})
+    if bad:
+        raise UnsupportedModelError(
+            f"[LayerDiffuse] {len(bad)} of the FLUX.1 weights the transparency LoRA changes are stored in a GGUF "
+            f"quantisation this Forge cannot dequantise (e.g. {', '.join(bad[:3])}), so the LoRA cannot be applied. "
+            f"Use a GGUF checkpoint in Q8_0, Q6_K, Q5_K, Q5_0/1, Q4_K, Q4_0/1, Q3_K or Q2_K, an NF4, fp8 or full "
+            f"checkpoint.")
+
+
+def online_mode(quantised: Mapping) -> bool:
+    """Whether the LoRA goes to the host online (kept beside the weight and added in each layer's forward, on the
+    dequantised weight: Forge's "(fp16 LoRA)" mode) rather than merged into it. Online whenever a target weight is
+    quantised: merged, the host dequantises, adds the LoRA and quantises again (lora.py:412-438), which Forge's
+    K-quants cannot do at all (packages_3rdparty/gguf/quants.py:176 quantize_blocks_pytorch raises "Low bit LoRA for
+    this data type is not implemented yet") and which rounds a small LoRA mostly away in 4-bit formats. Plain
+    weights (fp8 and up) are merged, as before."""
+    return bool(quantised)
+
+
+def _log_online(quantised: Mapping, n_patches: int) -> None:
+    kinds = {}
+    for q in quantised.values():
+        kinds[q] = kinds.get(q, 0) + 1
+    log.info("[LayerDiffuse] FLUX.1 LoRA: %d of the %d weights it changes are quantised (%s); it is applied online "
+             "(added to each dequantised weight in the layer's forward) instead of being merged.", len(quantised),
+             n_patches, ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
+
+
 def forge_add_flux_lora(unet, filename: str, state_dict: Mapping, strength: float, lora_module) -> dict:
     """Forge main: the LoRA's patches added to `unet` (a clone the caller owns) with backend/patcher/base.py:91
-    add_patches(filename=, patches=, strength_patch=, strength_model=) as extensions-builtin/sd_forge_lora/
-    networks.py:15 load_lora_for_models does. Returns the file's keys that land nowhere (key -> why), for the user."""
+    add_patches(filename=, patches=, strength_patch=, strength_model=, online_mode=) as extensions-builtin/
+    sd_forge_lora/networks.py:36 load_lora_for_models does; online_mode from online_mode() (networks.py:102-105 takes
+    it from the user's "Diffusion in Low Bits" choice instead). The LoraLoader (lora.py:344 refresh, run by
+    memory_management.py:518 on every model load) then merges the patches into the weights, or, online, sets them
+    as `forge_online_loras` on the layers, which backend/operations.py:14-54 get_weight_and_bias adds to the
+    weight in ForgeOperationsGGUF.Linear (operations.py:429-438) and ForgeOperationsBNB4bits.Linear (367-370).
+    Returns the file's keys that land nowhere (key -> why), for the user."""
     lora = forge_flux_lora_patches(unet, state_dict, lora_module)
+    parameters = dict(unet.model.named_parameters())
+    check_decodable(lora.patches, parameters)
+    quantised = quantised_targets(lora.patches, parameters)
+    online = online_mode(quantised)
+    if online:
+        _log_online(quantised, len(lora.patches))
     added = unet.add_patches(filename=filename, patches=lora.patches, strength_patch=float(strength),
-                             strength_model=1.0)
+                             strength_model=1.0, online_mode=online)
     return unmatched_after_adding(lora, added)
 
 
-def neo_add_flux_lora(unet, state_dict: Mapping, strength: float, lora_module) -> dict:
-    """Forge Neo: as forge_add_flux_lora with backend/patcher/base.py:414 add_patches(patches, strength_patch,
-    strength_model); without a filename (with one it would also need online_mode) the patches go to
-    ModelPatcher.patches, as this project's other Neo weight patches do."""
+def one_patch_per_parameter(patches: Mapping) -> list[dict]:
+    """The patches in groups in which no two land on the same parameter (the fused qkv / linear1 rows of one weight
+    go to different groups), in order."""
+    groups: list[tuple[set, dict]] = []
+    for k, v in patches.items():
+        name = _parameter_of(k)
+        for names, group in groups:
+            if name not in names:
+                names.add(name)
+                group[k] = v
+                break
+        else:
+            groups.append(({name}, {k: v}))
+    return [group for _names, group in groups]
+
+
+def neo_add_flux_lora(unet, filename: str, state_dict: Mapping, strength: float, lora_module) -> dict:
+    """Forge Neo: as forge_add_flux_lora, through Neo's own LoRA path: backend/patcher/base.py:414
+    add_patches(patches, strength_patch, strength_model, filename=, online_mode=) puts them in `lora_patches`, which
+    backend/patcher/lora.py:153 LoraLoader.refresh (memory_management.py:485, every model load) merges into the
+    weights, or, online, sets as `forge_online_loras` (lora.py:200-206) that backend/operations.py:68-138
+    weights_manual_cast adds in ForgeOperationsGGUF.Linear (operations.py:650-658) and the bnb Linear (591-594).
+
+    Two things of Neo's make this more than one call. Without a filename (ModelPatcher.patches) the patches are
+    merged by patch_weight_to_device (base.py:480), which casts a GGUF parameter's packed blocks as if they were the
+    weight, and, for modules loaded in low-VRAM mode, are only kept as `weight_function` (base.py:597), which no
+    operation of Neo reads. With a filename, add_patches takes each key's list from self.patches (base.py:437), so
+    of several patches on one parameter (the fused q/k/v rows of double blocks' qkv, q/k/v/mlp of single blocks'
+    linear1) only the last is kept: so each call gets at most one patch per parameter, and the calls are told apart
+    by the name (`<file>`, `<file>#2`, ...; LoraLoader.refresh joins all of them, lora.py:163-165)."""
     lora = neo_flux_lora_patches(unet, state_dict, lora_module)
-    added = unet.add_patches(lora.patches, strength_patch=float(strength), strength_model=1.0)
+    parameters = dict(unet.model.named_parameters())
+    check_decodable(lora.patches, parameters)
+    quantised = quantised_targets(lora.patches, parameters)
+    online = online_mode(quantised)
+    if online:
+        _log_online(quantised, len(lora.patches))
+    added = []
+    for i, group in enumerate(one_patch_per_parameter(lora.patches)):
+        name = filename if i == 0 else f"{filename}#{i + 1}"
+        added += list(unet.add_patches(group, strength_patch=float(strength), strength_model=1.0, filename=name,
+                                       online_mode=online))
     return unmatched_after_adding(lora, added)

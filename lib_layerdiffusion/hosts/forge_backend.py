@@ -51,7 +51,8 @@ def add_weight_patches(unet, filename, patches, strength) -> int:
 
 
 def add_peft_lora(unet, filename, state_dict, strength):
-    """The FLUX.1 port's PEFT LoRA through Forge's own key map (backend/patcher/lora.py, see flux_lora); returns
+    """The FLUX.1 port's PEFT LoRA through Forge's own key map and LoRA loading (backend/patcher/lora.py: merged,
+    or online on GGUF / bnb 4-bit weights; see flux_lora.forge_add_flux_lora); returns
     the file's keys that land nowhere (key -> why). Imported here: only Forge's full tree has that module."""
     from backend.patcher import lora  # backend/patcher/lora.py
     return flux_lora.forge_add_flux_lora(unet, filename, state_dict, strength, lora)

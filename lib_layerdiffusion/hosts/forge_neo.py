@@ -50,9 +50,11 @@ def add_weight_patches(unet, filename, patches, strength) -> int:
 
 def add_peft_lora(unet, filename, state_dict, strength):
     """The FLUX.1 port's PEFT LoRA through Neo's key map (backend/patcher/lora.py re-exports
-    modules_forge/packages/comfy/lora.py; see flux_lora); returns the file's keys that land nowhere."""
+    modules_forge/packages/comfy/lora.py) and Neo's own LoRA loading (named patches merged or, on quantised
+    weights, applied online by the LoraLoader; see flux_lora.neo_add_flux_lora); returns the file's keys that land
+    nowhere."""
     from backend.patcher import lora
-    return flux_lora.neo_add_flux_lora(unet, state_dict, strength, lora)
+    return flux_lora.neo_add_flux_lora(unet, filename, state_dict, strength, lora)
 
 
 def set_concat_condition(unet, latent, batch_size) -> None:

@@ -176,17 +176,20 @@ def add_lora(host, state_dict, strength=1.0):
 
     unet = host.unet.clone()
     if host.forge.neo:
-        return unet, flux_lora.neo_add_flux_lora(unet, state_dict, strength, host.forge.lora_module)
+        return unet, flux_lora.neo_add_flux_lora(unet, "layerlora.safetensors", state_dict, strength,
+                                                 host.forge.lora_module)
     return unet, flux_lora.forge_add_flux_lora(unet, "layerlora.safetensors", state_dict, strength,
                                                host.forge.lora_module)
 
 
 def added_patches(host, unet) -> dict:
-    """parameter -> its patches, where each host's add_patches keeps them."""
-    if host.forge.neo:
-        return unet.patches
-    (patches,) = unet.lora_patches.values()
-    return patches
+    """parameter -> its patches, joined over the LoRA's entries of lora_patches (where both hosts' add_patches keep
+    file-named patches; Neo's bridge adds one entry per patch of a fused weight)."""
+    joined = {}
+    for patches in unet.lora_patches.values():
+        for k, v in patches.items():
+            joined.setdefault(k, []).extend(v)
+    return joined
 
 
 def parameter(host, name):

@@ -151,6 +151,7 @@ class LoadedModel:  # memory_management.py:425 — holds its patcher by weak ref
             use_more_vram = 1e32
         self.model.partially_load(self.device, use_more_vram, force_patch_weights=force_patch_weights)
         real_model = self.model.model
+        bake_gguf_model(real_model)  # memory_management.py:483
         self.model.refresh_loras()
         self.real_model = weakref.ref(real_model)
         self.model_finalizer = weakref.finalize(real_model, cleanup_models)
@@ -208,3 +209,19 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
 
 def load_model_gpu(model):  # memory_management.py:702
     return load_models_gpu([model])
+
+
+def bnb_enabled():  # memory_management.py:1054: bitsandbytes importable (the fake's NF4 stand-in is)
+    return True
+
+
+def bake_gguf_model(model):  # memory_management.py:397 (LoadedModel.model_load calls it, :483, then refresh_loras)
+    if getattr(model, "gguf_baked", False):
+        return
+
+    for p in model.parameters():
+        gguf_cls = getattr(p, "gguf_cls", None)
+        if gguf_cls is not None:
+            gguf_cls.bake(p)
+
+    model.gguf_baked = True

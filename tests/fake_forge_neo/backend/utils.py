@@ -56,3 +56,17 @@ def join_dicts(base_dict, update_dict):  # backend/utils.py:310
         else:
             result[key] = value
     return result
+
+
+def load_torch_file(ckpt, safe_load=False, device=None, *, return_metadata=False):  # backend/utils.py (the .gguf branch, 79-83)
+    import gguf  # Neo imports its vendored gguf-py (modules_forge/packages/gguf); the fake the `gguf` package
+
+    from backend.operations_gguf import ParameterGGUF
+
+    if not ckpt.lower().endswith(".gguf"):
+        raise NotImplementedError("the fake loads GGUF files only")
+    reader = gguf.GGUFReader(ckpt)
+    sd = {}
+    for tensor in reader.tensors:
+        sd[str(tensor.name)] = ParameterGGUF(tensor)
+    return sd

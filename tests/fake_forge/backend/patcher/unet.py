@@ -65,6 +65,11 @@ class UnetPatcher:
     def __init__(self, model):
         self.model = model
         self.lora_patches = {}
+        self.offload_device = torch.device("cpu")
+        if not hasattr(model, 'lora_loader'):  # base.py:63
+            from backend.patcher.lora import LoraLoader
+            model.lora_loader = LoraLoader(model)
+        self.lora_loader = model.lora_loader
         self.object_patches = {}
         self.model_options = {"transformer_options": {}}
         self.extra_concat_condition = None
@@ -78,12 +83,44 @@ class UnetPatcher:
         return n
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
-        """ModelPatcher.add_patches: keeps the patches whose key names a parameter, returns those keys."""
+        """base.py:91: keeps the patches whose key (or key[0], with its offset and function) names a parameter,
+        under (filename, strength_patch, strength_model, online_mode); returns the keys it kept."""
+        lora_identifier = (filename, strength_patch, strength_model, online_mode)
+        this_patches = {}
+
+        p = set()
         model_keys = set(k for k, _ in self.model.named_parameters())
-        matched = {k for k in patches if k in model_keys}
-        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = {
-            k: [[strength_patch, patches[k], strength_model, None, None]] for k in matched}
-        return matched
+
+        for k in patches:
+            offset = None
+            function = None
+
+            if isinstance(k, str):
+                key = k
+            else:
+                offset = k[1]
+                key = k[0]
+                if len(k) > 2:
+                    function = k[2]
+
+            if key in model_keys:
+                p.add(k)
+                current_patches = this_patches.get(key, [])
+                current_patches.append([strength_patch, patches[k], strength_model, offset, function])
+                this_patches[key] = current_patches
+
+        self.lora_patches[lora_identifier] = this_patches
+        return p
+
+    def has_online_lora(self):  # base.py:119
+        for (filename, strength_patch, strength_model, online_mode), this_patches in self.lora_patches.items():
+            if online_mode:
+                return True
+        return False
+
+    def refresh_loras(self):  # base.py:125 (memory_management.py:518 LoadedModel.model_load, every load)
+        self.lora_loader.refresh(lora_patches=self.lora_patches, offload_device=self.offload_device)
+        return
 
     def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):  # UnetPatcher.add_conditioning_modifier
         self.model_options.setdefault("conditioning_modifiers", []).append(modifier)

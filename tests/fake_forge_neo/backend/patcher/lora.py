@@ -1,6 +1,8 @@
 """Mirrors backend/patcher/lora.py (Forge Neo 6e1e0d5, from ComfyUI v0.3.77 comfy/lora.py): merge_lora_to_weight
 with the value forms it knows (weight_adapter objects, ("diff", (t, flags)), ("set", (t,)), (t,)) and the errors it
-raises for any other, and the LoraLoader that merges file-named (add_patches(filename=, online_mode=)) patches."""
+raises for any other, and the LoraLoader that merges file-named (add_patches(filename=, online_mode=)) patches into
+the weights (GGUF and bnb 4-bit weights dequantised first and quantised again) or, online, hangs them on the layers
+as forge_online_loras."""
 import logging
 import weakref
 
@@ -8,6 +10,7 @@ import torch
 
 from backend import memory_management, utils
 from modules_forge.packages.comfy import weight_adapter  # lora.py:10 (imported there through comfy.lora)
+from modules_forge.packages.comfy.lora import load_lora, model_lora_keys_unet  # noqa: F401  (lora.py:10-15)
 
 logger = logging.getLogger("lora")
 
@@ -103,6 +106,7 @@ class LoraLoader:  # lora.py:141 — merges ModelPatcher.lora_patches (add_patch
     def __init__(self, model):
         self._model = weakref.ref(model)
         self.backup = {}
+        self.online_backup = []
         self.loaded_hash = str([])
 
     @property
@@ -119,6 +123,9 @@ class LoraLoader:  # lora.py:141 — merges ModelPatcher.lora_patches (add_patch
             for key, current_patches in patches.items():
                 all_patches[(key, online_mode)] = all_patches.get((key, online_mode), []) + current_patches
         parameter_devices = get_parameter_devices(self.model)
+        for m in set(self.online_backup):  # lora.py:175
+            del m.forge_online_loras
+        self.online_backup = []
         for k, w in self.backup.items():
             if not isinstance(w, torch.nn.Parameter):
                 w = torch.nn.Parameter(w, requires_grad=False)
@@ -131,11 +138,35 @@ class LoraLoader:  # lora.py:141 — merges ModelPatcher.lora_patches (add_patch
                 assert isinstance(weight, torch.nn.Parameter)
             except Exception:
                 raise ValueError(f"Wrong LoRA Key: {key}")
-            if online_mode:  # lora.py:200 (online LoRAs are applied in the forward; not faked)
-                raise NotImplementedError("the fake merges offline LoRAs only")
+            if online_mode:  # lora.py:200
+                if not hasattr(parent_layer, "forge_online_loras"):
+                    parent_layer.forge_online_loras = {}
+                parent_layer.forge_online_loras[child_key] = current_patches
+                self.online_backup.append(parent_layer)
+                continue
             if key not in self.backup:
                 self.backup[key] = weight.to(device=offload_device)
+            bnb_layer = None
+            if hasattr(weight, "bnb_quantized"):  # lora.py:213
+                assert memory_management.bnb_enabled()
+                from backend.operations_bnb import functional_dequantize_4bit
+
+                bnb_layer = parent_layer
+                weight = functional_dequantize_4bit(weight)
+            gguf_cls = getattr(weight, "gguf_cls", None)  # lora.py:220
+            gguf_parameter = None
+            if gguf_cls is not None:
+                gguf_parameter = weight
+                from backend.operations_gguf import dequantize_tensor
+
+                weight = dequantize_tensor(weight)
             weight = merge_lora_to_weight(current_patches, weight, key, computation_dtype=torch.float32)
+            if bnb_layer is not None:  # lora.py:241
+                bnb_layer.reload_weight(weight)
+                continue
+            if gguf_cls is not None:  # lora.py:245: quantised again (K-quants: NotImplementedError)
+                gguf_cls.quantize_pytorch(weight, gguf_parameter)
+                continue
             utils.set_attr(self.model, key, weight)
         set_parameter_devices(self.model, parameter_devices=parameter_devices)
         self.loaded_hash = hashes

@@ -14,6 +14,22 @@ class LoRAAdapter(WeightAdapterBase):  # lora.py:54
         self.loaded_keys = loaded_keys
         self.weights = weights
 
+    @classmethod
+    def load(cls, x, lora, alpha, dora_scale, loaded_keys=None):  # lora.py:75 (the diffusers lora_B / lora_A names)
+        if loaded_keys is None:
+            loaded_keys = set()
+        diffusers2_lora = "{}.lora_B.weight".format(x)
+        A_name = None
+        if diffusers2_lora in lora.keys():
+            A_name = diffusers2_lora
+            B_name = "{}.lora_A.weight".format(x)
+        if A_name is not None:
+            weights = (lora[A_name], lora[B_name], alpha, None, dora_scale, None)
+            loaded_keys.add(A_name)
+            loaded_keys.add(B_name)
+            return cls(loaded_keys, weights)
+        return None
+
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):  # lora.py:144
         v = self.weights
