@@ -498,7 +498,10 @@ def _set_options(forge, values: dict) -> dict:
     """POST /sdapi/v1/options; returns the previous values (for restoring)."""
     current = forge.get("/sdapi/v1/options")
     assert current.ok, current.text()
-    previous = {key: current.json.get(key) for key in values}
+    from lib_layerdiffusion.request.settings import OPTIONS
+    defaults = {option.key: option.default for option in OPTIONS}
+    # an option never saved is absent from the answer: restore its default, not None
+    previous = {key: current.json.get(key, defaults.get(key)) for key in values}
     response = forge.post("/sdapi/v1/options", values)
     assert response.ok, response.text()
     return previous

@@ -738,3 +738,17 @@ def test_trim_margin_setting_is_checked(script, opts):
     run_sampling_setup(script, p, args())
     with pytest.raises(Exception, match="trim margin must be a whole number of pixels"):
         p.sample()
+
+
+def test_a_bad_trim_margin_stops_nothing_while_trimming_is_off(script, opts):
+    from lib_layerdiffusion.request.settings import Settings
+    for value in (None, "", -3, "abc", 2.5):
+        opts.data.update({"layerdiffuse_trim_margins": False, "layerdiffuse_trim_margin": value})
+        assert Settings.from_values(opts.data.get).trim_margin == 0
+    opts.data.update({"layerdiffuse_trim_margins": True, "layerdiffuse_trim_margin": None})
+    assert Settings.from_values(opts.data.get).trim_margin == 0  # never saved: the default
+    opts.data["layerdiffuse_trim_margin"] = "8"
+    assert Settings.from_values(opts.data.get).trim_margin == 8
+    opts.data["layerdiffuse_trim_margin"] = 2.5
+    with pytest.raises(Exception, match="whole number of pixels"):
+        Settings.from_values(opts.data.get)

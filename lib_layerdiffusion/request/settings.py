@@ -82,7 +82,12 @@ class Settings:
         if values["decoder_precision"] not in PRECISION_CHOICES:
             values["decoder_precision"] = "Automatic"
         values["models_folder"] = str(values["models_folder"] or "").strip()
-        values["trim_margin"] = _pixels(values["trim_margin"])
+        try:
+            values["trim_margin"] = _pixels(values["trim_margin"])
+        except InvalidArgumentError:
+            if values["trim_margins"]:
+                raise
+            values["trim_margin"] = 0  # not used while trimming is off: no reason to stop any generation
         return cls(**{k: v for k, v in values.items()})
 
     def infotext_fields(self, on_gpu: bool) -> dict[str, Any]:
@@ -97,7 +102,9 @@ class Settings:
 
 
 def _pixels(value) -> int:
-    """A whole number of pixels, 0 or more (Forge's number field may hand over 8.0 or "8")."""
+    """A whole number of pixels, 0 or more (Forge's number field may hand over 8.0 or "8"; unset is 0)."""
+    if value is None or value == "":
+        return 0
     try:
         number = float(value)
     except (TypeError, ValueError):
