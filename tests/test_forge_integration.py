@@ -501,7 +501,7 @@ def _set_options(forge, values: dict) -> dict:
     from lib_layerdiffusion.request.settings import OPTIONS
     defaults = {option.key: option.default for option in OPTIONS}
     # an option never saved is absent from the answer: restore its default, not None
-    previous = {key: current.json.get(key, defaults.get(key)) for key in values}
+    previous = {key: defaults.get(key) if current.json.get(key) is None else current.json[key] for key in values}
     response = forge.post("/sdapi/v1/options", values)
     assert response.ok, response.text()
     return previous
