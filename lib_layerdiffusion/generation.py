@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .request.args import LayerDiffuseArgs
-from .images import layer_export
+from .images import layer_export, psd_file, sprite
 from .images.conditioning_images import to_pil
 from .errors import LayerDiffuseError
 from .hosts.apply_plan import apply_plan
@@ -45,6 +45,7 @@ DECODED_ATTR = "layerdiffuse_decoded_latents"  # raw latent batches the VAE deco
 PIXELS_ATTR = "layerdiffuse_sampled_pixels"  # index -> the VAE's decoded image, before any inpaint overlay
 LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
 ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
+TRIMS_ATTR = "layerdiffuse_trims"  # index -> the trim box of a trimmed transparent image, as infotext text
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
 
 
@@ -81,6 +82,10 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if layer_export.names_layers(method) and bridge.infotext_takes_callables():
         # per image (Forge calls it with the image's index): the caption of each result says which layer it is
         p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
+    _sprite_infotext(p, method, bridge, settings)
+    if settings.save_psd_file and not psd_file.available():
+        bridge.tell_user(p, f"[LayerDiffuse] No .psd file is saved: psd-tools is not installed; {psd_file.INSTALL_HINT}. "
+                            f"The PNGs are saved as usual.")
     device, _ = _device_and_dtype(bridge, args, settings)
     p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
     if method.makes_transparent and bridge.stealth_infotext_mode() == "RGB":
@@ -317,6 +322,8 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
         p.extra_result_images.append(mat.convert("RGB"))
     if result is not None:
         pp.image, preview = result
+        if gen.settings.trim_margins or gen.settings.bleed_colour:
+            pp.image, preview = _sprite_ready(p, gen, index, pp.image)
         # Forge's stealth infotext (Alpha mode) overwrites the alpha of the image it saves; keep it to restore
         alphas = getattr(p, ALPHAS_ATTR, None)
         if alphas is None:
@@ -328,7 +335,7 @@ def finish_image(p, gen: Generation, bridge, store: ModelStore, pp) -> None:
             bridge.save_extra_image(p, preview, index, "-preview")
         if gen.settings.save_rgba_when_grid_only and not p.save_samples():
             bridge.save_extra_image(p, pp.image, index, "", even_if_grid_only=True)
-    if layer_export.names_layers(gen.args.method) or gen.settings.save_layered_file:
+    if layer_export.names_layers(gen.args.method) or gen.settings.layered_formats:
         layer_export.tag(pp.image, index, gen.args.method.frame_of(index))
 
 
@@ -344,14 +351,47 @@ def before_save(p, image, filename: str) -> str | None:
     return layer_export.with_layer_suffix(filename, tagged[1])
 
 
-def image_saved(p, image, filename: str) -> None:
-    """Forge saved `image`: collect it, and write the group's layered file once the group is complete."""
+def image_saved(p, image, filename: str, infotext: str | None = None) -> None:
+    """Forge saved `image` (with `infotext`): collect it, and write the group's layered files once the group is
+    complete."""
     gen, tagged = getattr(p, STATE_ATTR, None), layer_export.tagged(image)
-    if gen is None or tagged is None or not gen.settings.save_layered_file:
+    if gen is None or tagged is None or not gen.settings.layered_formats:
         return
     collector = getattr(p, LAYERS_ATTR, None)
     if collector is None:
         inputs = {layer: gen.args.image(layer) for layer in gen.args.method.inputs}
-        collector = layer_export.GroupCollector(gen.args.method, inputs, gen.args.resize_mode.value)
+        # without psd-tools no .psd (begin told the user), the other files still
+        formats = tuple(f for f in gen.settings.layered_formats if f != "psd" or psd_file.available())
+        collector = layer_export.GroupCollector(gen.args.method, inputs, gen.args.resize_mode.value, formats)
         setattr(p, LAYERS_ATTR, collector)
-    collector.add(tagged[0], tagged[1], image, filename)
+    if collector.formats:
+        collector.add(tagged[0], tagged[1], image, filename, infotext)
+
+
+def _sprite_infotext(p, method, bridge, settings: Settings) -> None:
+    """Trimming: each image's infotext gets its crop box (recorded by _sprite_ready), so the trim can be undone."""
+    if not (settings.trim_margins and method.makes_transparent):
+        return
+    if not bridge.infotext_takes_callables():
+        bridge.tell_user(p, f"[LayerDiffuse] This Forge cannot write per-image infotext fields: the trim box "
+                            f"({sprite.INFOTEXT_KEY}) of trimmed images is not recorded.")
+        return
+    trims: dict[int, str] = {}
+    setattr(p, TRIMS_ATTR, trims)
+
+    def trim_field(p=None, index=0, **_):
+        # Forge passes the position in the current batch (modules/processing.py infotext(i))
+        batch = int(getattr(p, "batch_size", 1) or 1)
+        return trims.get(int(getattr(p, "iteration", 0) or 0) * batch + int(index or 0))
+
+    p.extra_generation_params[sprite.INFOTEXT_KEY] = trim_field
+
+
+def _sprite_ready(p, gen: Generation, index: int, rgba: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """The transparent result trimmed and/or colour-bled as the settings say, and its preview."""
+    image, box = sprite.sprite_ready(rgba, gen.settings.trim_margins, gen.settings.trim_margin,
+                                     gen.settings.bleed_colour)
+    trims = getattr(p, TRIMS_ATTR, None)
+    if box is not None and trims is not None:
+        trims[index] = str(box)
+    return image, checkerboard_preview_of(image)

@@ -21,7 +21,7 @@ log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()
 bridge.register_settings(OPTIONS, SECTION)
 bridge.on_image_saving(lambda image, p, filename: generation.before_save(p, image, filename))
-bridge.on_image_saved(lambda image, p, filename: generation.image_saved(p, image, filename))
+bridge.on_image_saved(lambda image, p, filename, infotext: generation.image_saved(p, image, filename, infotext))
 bridge.install_api_middleware(NamedArgsMiddleware)
 
 

@@ -490,3 +490,109 @@ def test_img2img_batch_of_two_inputs_gets_two_offsets(forge):
         f"{alpha_correlation(rgba[0], a):.4f}/{alpha_correlation(rgba[0], b):.4f}, output 2 "
         f"{alpha_correlation(rgba[1], a):.4f}/{alpha_correlation(rgba[1], b):.4f}")
     assert not np.array_equal(pixels(rgba[0]), pixels(rgba[1]))
+
+
+# --- layered .psd beside the PNGs; sprite-ready output ----------------------------------------------------------
+
+def _set_options(forge, values: dict) -> dict:
+    """POST /sdapi/v1/options; returns the previous values (for restoring)."""
+    current = forge.get("/sdapi/v1/options")
+    assert current.ok, current.text()
+    from lib_layerdiffusion.request.settings import OPTIONS
+    defaults = {option.key: option.default for option in OPTIONS}
+    # an option never saved is absent from the answer: restore its default, not None
+    previous = {key: defaults.get(key) if current.json.get(key) is None else current.json[key] for key in values}
+    response = forge.post("/sdapi/v1/options", values)
+    assert response.ok, response.text()
+    return previous
+
+
+def _saved_files() -> set:
+    found = set()
+    for folder, _, files in os.walk(os.path.join(FORGE_OUTPUTS, "txt2img-images")):
+        found |= {os.path.join(folder, f) for f in files}
+    return found
+
+
+def _new_files(before: set, suffix: str) -> list:
+    return sorted(f for f in _saved_files() - before if f.endswith(suffix))
+
+
+@pytest.mark.parametrize("method, checkpoint, needed, batch, expected", [
+    (FG2BLE, SDXL, ("fg",), 1, [("blended", False), ("foreground", True)]),
+    (SD15_JOINT, SD15, (), 3, [("blended", False), ("background", True), ("foreground", True)]),
+], ids=["sdxl_fg2ble", "sd15_joint"])
+def test_layered_psd_file_beside_the_pngs(forge, method, checkpoint, needed, batch, expected):
+    psd_tools = pytest.importorskip("psd_tools")
+    if not FORGE_OUTPUTS:
+        pytest.skip("set LAYERDIFFUSE_FORGE_OUTPUTS to the Forge outputs folder for the saved-file check")
+    previous = _set_options(forge, {"layerdiffuse_save_psd_file": True})
+    try:
+        before = _saved_files()
+        args = ld_args(method, **{name: png_b64(fg_image()) for name in needed})
+        result = generate(forge, with_ld(base_payload(batch=batch, save=True), args), checkpoint=checkpoint,
+                          reuse=False)
+    finally:
+        _set_options(forge, previous)
+    images = result.images()
+    log(f"{method} batch {batch} with the .psd setting: {result.elapsed_s:.1f}s, {describe(images)}")
+    psds, pngs = _new_files(before, ".psd"), _new_files(before, ".png")
+    log(f"saved: {[os.path.basename(p) for p in psds + pngs]}")
+    assert len(psds) == 1, psds
+    stem = os.path.splitext(psds[0])[0]
+    by_layer = {os.path.splitext(p)[0][len(stem) + 1:]: p for p in pngs if p.startswith(stem + "-")}
+    document = psd_tools.PSDImage.open(psds[0])
+    layers = list(document)
+    log(f"{os.path.basename(psds[0])}: {document.size}, layers {[(l.name, l.visible) for l in layers]}")
+    assert document.size == (SIZE, SIZE)
+    assert [(l.name, l.visible) for l in layers] == expected
+    frames = {"blended": "blend", "background": "bg", "foreground": "fg"}
+    for layer in layers:
+        got = np.asarray(layer.topil().convert("RGBA"))
+        if frames[layer.name] in by_layer:  # a generated layer: the saved PNG's pixels
+            saved = Image.open(by_layer[frames[layer.name]])
+            want = np.asarray(saved.convert("RGBA")).copy()
+            if layer.name != "foreground":
+                # an opaque frame: Forge's stealth infotext (Alpha mode) saved it as RGBA with the infotext in
+                # the alpha's lowest bits; the layer is the opaque image
+                want[..., 3] = 255
+        else:  # the input image the method was given
+            want = np.asarray(fg_image())
+        visible = want[..., 3] > 0
+        assert np.abs(got[..., 3].astype(int) - want[..., 3]).max() <= 1, layer.name
+        assert np.abs(got[visible].astype(int) - want[visible].astype(int)).max(initial=0) <= 1, layer.name
+        log(f"layer {layer.name}: pixels equal to {os.path.basename(by_layer.get(frames[layer.name], 'the input'))}")
+    infotext = result.info["infotexts"][0]
+    from lib_layerdiffusion.images.psd_file import read_psd_infotext
+    assert read_psd_infotext(psds[0]) == infotext
+
+
+def test_trim_and_bleed_saved_equals_returned(forge):
+    if not FORGE_OUTPUTS:
+        pytest.skip("set LAYERDIFFUSE_FORGE_OUTPUTS to the Forge outputs folder for the saved-file check")
+    previous = _set_options(forge, {"layerdiffuse_trim_margins": True, "layerdiffuse_trim_margin": 4,
+                                    "layerdiffuse_bleed_colour": True})
+    try:
+        before = _saved_files()
+        result = generate(forge, with_ld(base_payload(save=True), ld_args(ATTN)), reuse=False)
+    finally:
+        _set_options(forge, previous)
+    image, preview = result.images()  # the RGBA, then its checkerboard preview
+    infotext = result.info["infotexts"][0]
+    import re
+    from lib_layerdiffusion.images.sprite import TrimBox
+    match = re.search(r'layerdiffusion_trim: "?([0-9,]+ of [0-9]+x[0-9]+)', infotext)
+    log(f"trim+bleed: {result.elapsed_s:.1f}s, {describe([image])}, trim {match and match.group(1)}")
+    assert match, infotext
+    box = TrimBox.parse(match.group(1))
+    assert (box.width, box.height) == (SIZE, SIZE) and image.size == (box.x1 - box.x0, box.y1 - box.y0)
+    (png,) = _new_files(before, ".png")
+    saved = Image.open(png)
+    assert np.array_equal(np.asarray(saved), np.asarray(image))
+    assert match.group(1) in saved.info.get("parameters", "")
+    assert preview.mode == "RGB" and preview.size == image.size
+    alpha = np.asarray(image)[..., 3]
+    if (alpha == 0).any() and (alpha > 0).any():  # bled: invisible pixels carry visible colours
+        rgb = np.asarray(image)[..., :3].reshape(-1, 3)
+        visible_colours = {tuple(c) for c in rgb[alpha.reshape(-1) > 0]}
+        assert all(tuple(c) in visible_colours for c in rgb[alpha.reshape(-1) == 0][:500])

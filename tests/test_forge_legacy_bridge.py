@@ -476,7 +476,7 @@ def test_settings_callbacks_and_saving_through_the_webui_modules(bridge, opts, t
 
     seen = []
     bridge.on_image_saving(lambda image, p, filename: filename.replace(".png", "-fg.png"))
-    bridge.on_image_saved(lambda image, p, filename: seen.append(filename))
+    bridge.on_image_saved(lambda image, p, filename, infotext: seen.append(filename))
     p = make_p(do_not_save_samples=False, outpath_samples=str(tmp_path))
     p.seeds, p.prompts = [7], ["a cat"]
     bridge.save_extra_image(p, Image.new("RGB", (8, 8)), 0, "-preview")

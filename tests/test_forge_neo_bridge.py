@@ -598,7 +598,7 @@ def test_webui_layer_on_neo(bridge, tmp_path):
         callback()
     assert all(opts.data_labels[o.key].section == SECTION for o in OPTIONS)
     seen = []
-    bridge.on_image_saved(lambda image, p, filename: seen.append(filename))
+    bridge.on_image_saved(lambda image, p, filename, infotext: seen.append(filename))
     p.outpath_samples, p.save_samples = str(tmp_path), lambda: True
     bridge.save_extra_image(p, Image.new("RGB", (8, 8)), 1, "-preview")
     assert seen and seen[0].endswith("-101-preview.png") and Path(seen[0]).exists()

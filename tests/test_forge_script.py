@@ -791,3 +791,131 @@ def test_the_decoder_reads_the_vaes_float_output_unless_a_script_edited_the_imag
         expected = torch.from_numpy(np.asarray(final, np.float32) / 255).permute(2, 0, 1)
         torch.testing.assert_close(pixel[0], expected)
         assert tuple((pixel[0][:, 10, 10] * 255).round().tolist()) == (255.0, 0.0, 255.0)  # the edit is in
+
+
+def forge_saves_with_infotext(script, p, script_args):
+    """As forge_saves, with each image's infotext as modules/processing.py passes it (info=infotext(i), i the
+    position in the batch; create_infotext calls the callables of extra_generation_params)."""
+    from modules import images
+    from modules.processing import create_infotext
+    saved, infotexts, results = [], [], forge_after_sampling(script, p, script_args)
+    for i, image in enumerate(results):
+        info = create_infotext(p, p.prompts, p.seeds, p.seeds, index=i)
+        infotexts.append(info)
+        saved.append(images.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i], "png", info=info,
+                                       p=p)[0])
+    return saved, infotexts, results
+
+
+def test_layered_psd_file_beside_the_pngs(script, opts, tmp_path):
+    psd_tools = pytest.importorskip("psd_tools")
+    from lib_layerdiffusion.images.psd_file import read_psd_infotext
+    opts.data["layerdiffuse_save_psd_file"] = True
+    fg = transparent_disc()
+    p = saving_p(tmp_path, batch_size=2)
+    script_args = args(method=FG2BLE, fg=fg)
+    run_sampling_setup(script, p, script_args)
+    saved, infotexts, _ = forge_saves_with_infotext(script, p, script_args)
+    assert p.comments == {}
+    psds = sorted(tmp_path.glob("*.psd"))
+    assert [f.stem + "-blend.png" for f in psds] == sorted(Path(s).name for s in saved)
+    assert list(tmp_path.glob("*.ora")) == []  # the OpenRaster setting is separate
+    document = psd_tools.PSDImage.open(psds[0])
+    assert document.size == (64, 64)
+    layers = list(document)
+    assert [(l.name, l.visible) for l in layers] == [("blended", False), ("foreground", True)]
+    np.testing.assert_array_equal(np.asarray(layers[0].topil().convert("RGB")),
+                                  np.asarray(Image.open(sorted(saved)[0]).convert("RGB")))
+    np.testing.assert_array_equal(np.asarray(layers[1].topil())[..., 3], np.asarray(fg)[..., 3])
+    assert read_psd_infotext(psds[0]) == infotexts[0] and "layerdiffusion_layer: blend" in infotexts[0]
+
+
+def test_transparent_image_psd_and_ora_hold_the_saved_rgba(script, opts, tmp_path):
+    psd_tools = pytest.importorskip("psd_tools")
+    opts.data["layerdiffuse_save_psd_file"] = True
+    opts.data["layerdiffuse_save_layered_file"] = True
+    p = saving_p(tmp_path)
+    script_args = args()
+    run_sampling_setup(script, p, script_args)
+    saved, _, _ = forge_saves_with_infotext(script, p, script_args)
+    on_disk = np.asarray(Image.open(saved[0]))
+    (psd_path,) = tmp_path.glob("*.psd")
+    (ora_path,) = tmp_path.glob("*.ora")
+    assert psd_path.stem == ora_path.stem == Path(saved[0]).stem
+    checker, image = list(psd_tools.PSDImage.open(psd_path))
+    assert (checker.name, checker.visible, image.name, image.visible) == (
+        "checkerboard", False, "transparent image", True)
+    got = np.asarray(image.topil())
+    np.testing.assert_array_equal(got[..., 3], on_disk[..., 3])
+    visible = on_disk[..., 3] > 0
+    np.testing.assert_array_equal(got[visible], on_disk[visible])
+
+
+def test_without_psd_tools_the_user_is_told_and_the_pngs_are_saved(script, opts, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psd_tools", None)  # not installed: import psd_tools raises ImportError
+    opts.data["layerdiffuse_save_psd_file"] = True
+    opts.data["layerdiffuse_save_layered_file"] = True
+    p = saving_p(tmp_path)
+    script_args = args()
+    run_sampling_setup(script, p, script_args)
+    saved, _, _ = forge_saves_with_infotext(script, p, script_args)
+    (note,) = p.comments
+    assert "psd-tools is not installed" in note and 'pip install "psd-tools' in note and "PNGs are saved" in note
+    assert Image.open(saved[0]).mode == "RGBA"
+    assert list(tmp_path.glob("*.psd")) == [] and len(list(tmp_path.glob("*.ora"))) == 1
+
+
+def test_trim_and_bleed_apply_to_the_saved_and_the_returned_image(script, opts, tmp_path, monkeypatch):
+    from lib_layerdiffusion import generation
+    from lib_layerdiffusion.images.layered_file import read_ora
+    from lib_layerdiffusion.images.outputs import checkerboard_preview_of
+    from lib_layerdiffusion.images.sprite import TrimBox
+    decoded = np.asarray(transparent_disc()).copy()  # the disc: x 7..33, y 11..37
+    decoded[0, 0] = (9, 9, 9, 0)
+    # a known decode, so that the margins to trim are known; the rest of the flow is the real one
+    monkeypatch.setattr(generation, "decode_transparent", lambda p, gen, bridge, store, index, composed: (
+        Image.fromarray(decoded, "RGBA"), checkerboard_preview_of(Image.fromarray(decoded, "RGBA"))))
+    opts.data.update({"layerdiffuse_trim_margins": True, "layerdiffuse_trim_margin": 2.0,
+                      "layerdiffuse_bleed_colour": True, "layerdiffuse_save_layered_file": True})
+    p = saving_p(tmp_path, batch_size=2)
+    script_args = args()
+    run_sampling_setup(script, p, script_args)
+    saved, infotexts, results = forge_saves_with_infotext(script, p, script_args)
+    box = TrimBox(5, 9, 36, 40, 64, 64)
+    assert all(f"layerdiffusion_trim: {box}" in text for text in infotexts)
+    for path, returned in zip(saved, results):
+        on_disk = np.asarray(Image.open(path))
+        assert on_disk.shape == (31, 31, 4)
+        np.testing.assert_array_equal(on_disk, np.asarray(returned))  # saved = returned
+        np.testing.assert_array_equal(on_disk[..., 3], decoded[9:40, 5:36, 3])  # alpha unchanged
+        assert np.all(on_disk[..., :3] == (0, 0, 255))  # the disc's blue everywhere, also where invisible
+    previews = [im for im in p.extra_result_images if im.mode == "RGB"]
+    assert [im.size for im in previews] == [(31, 31)] * 2
+    # the layered file puts the trimmed image back where it was
+    _, layers = read_ora(sorted(tmp_path.glob("*.ora"))[0])
+    placed = np.asarray(layers[1].image)
+    assert placed.shape == (64, 64, 4)
+    np.testing.assert_array_equal(placed[9:40, 5:36], np.asarray(results[0]))
+    assert not placed[:9].any() and not placed[40:].any()
+
+
+def test_trim_margin_setting_is_checked(script, opts):
+    opts.data.update({"layerdiffuse_trim_margins": True, "layerdiffuse_trim_margin": -3})
+    p = make_p()
+    run_sampling_setup(script, p, args())
+    with pytest.raises(Exception, match="trim margin must be a whole number of pixels"):
+        p.sample()
+
+
+def test_a_bad_trim_margin_stops_nothing_while_trimming_is_off(script, opts):
+    from lib_layerdiffusion.request.settings import Settings
+    for value in (None, "", -3, "abc", 2.5):
+        opts.data.update({"layerdiffuse_trim_margins": False, "layerdiffuse_trim_margin": value})
+        assert Settings.from_values(opts.data.get).trim_margin == 0
+    opts.data.update({"layerdiffuse_trim_margins": True, "layerdiffuse_trim_margin": None})
+    assert Settings.from_values(opts.data.get).trim_margin == 0  # never saved: the default
+    opts.data["layerdiffuse_trim_margin"] = "8"
+    assert Settings.from_values(opts.data.get).trim_margin == 8
+    opts.data["layerdiffuse_trim_margin"] = 2.5
+    with pytest.raises(Exception, match="whole number of pixels"):
+        Settings.from_values(opts.data.get)

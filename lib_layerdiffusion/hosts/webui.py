@@ -206,9 +206,14 @@ def on_image_saving(callback) -> None:
 
 
 def on_image_saved(callback) -> None:
-    """modules/script_callbacks.py on_image_saved: callback(image, p, filename) after the file is written."""
+    """modules/script_callbacks.py on_image_saved: callback(image, p, filename, infotext) after the file is
+    written; infotext is what modules/images.py save_image put in params.pnginfo["parameters"] (None if none)."""
     from modules import script_callbacks
-    script_callbacks.on_image_saved(lambda params: callback(params.image, params.p, params.filename))
+
+    def saved(params):
+        callback(params.image, params.p, params.filename, (getattr(params, "pnginfo", None) or {}).get("parameters"))
+
+    script_callbacks.on_image_saved(saved)
 
 
 def save_extra_image(p, image, index: int, suffix: str, even_if_grid_only: bool = False) -> None:

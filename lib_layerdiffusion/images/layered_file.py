@@ -18,7 +18,6 @@ import io
 import math
 import os
 import re
-import secrets
 import time
 import xml.etree.ElementTree as ET
 import zipfile
@@ -28,6 +27,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from .atomic_file import write_atomically
 from .outputs import checkerboard
 
 MIMETYPE = b"image/openraster"
@@ -187,32 +187,19 @@ def write_ora(path, layers: Sequence[Layer], size: Optional[tuple[int, int]] = N
     srcs = [f"data/{stem}.png" for stem in _file_stems([l.name for l in layers])]
     merged = composite(layers, size)
 
-    path = os.fspath(path)
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-    try:
-        # "xb" creates the file with the usual permissions (umask), unlike mkstemp's private 0600
-        with open(tmp, "xb") as raw:
-            with zipfile.ZipFile(raw, "w") as zf:
-                # first entry, stored, no extra field: the 30-byte local header is followed directly by the
-                # name "mimetype" and the content "image/openraster"
-                zf.writestr(_zip_info("mimetype", zipfile.ZIP_STORED), MIMETYPE)
-                zf.writestr(_zip_info("stack.xml", zipfile.ZIP_DEFLATED), _stack_xml(layers, srcs, size))
-                # PNG data is already deflated: storing it again compressed would only cost time
-                for layer, src in zip(layers, srcs):
-                    zf.writestr(_zip_info(src, zipfile.ZIP_STORED), _png_bytes(_storable(layer.image)))
-                zf.writestr(_zip_info("mergedimage.png", zipfile.ZIP_STORED), _png_bytes(merged))
-                zf.writestr(_zip_info("Thumbnails/thumbnail.png", zipfile.ZIP_STORED), _png_bytes(thumbnail(merged)))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    def write(raw):
+        with zipfile.ZipFile(raw, "w") as zf:
+            # first entry, stored, no extra field: the 30-byte local header is followed directly by the
+            # name "mimetype" and the content "image/openraster"
+            zf.writestr(_zip_info("mimetype", zipfile.ZIP_STORED), MIMETYPE)
+            zf.writestr(_zip_info("stack.xml", zipfile.ZIP_DEFLATED), _stack_xml(layers, srcs, size))
+            # PNG data is already deflated: storing it again compressed would only cost time
+            for layer, src in zip(layers, srcs):
+                zf.writestr(_zip_info(src, zipfile.ZIP_STORED), _png_bytes(_storable(layer.image)))
+            zf.writestr(_zip_info("mergedimage.png", zipfile.ZIP_STORED), _png_bytes(merged))
+            zf.writestr(_zip_info("Thumbnails/thumbnail.png", zipfile.ZIP_STORED), _png_bytes(thumbnail(merged)))
+
+    return write_atomically(path, write)
 
 
 # ----------------------------------------------------------------------------------------------- reading

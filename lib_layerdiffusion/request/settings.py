@@ -5,6 +5,7 @@ so a change in the Settings tab applies to the next generation and never in the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,14 @@ OPTIONS: tuple[Option, ...] = (
            PRECISION_CHOICES),
     Option("layerdiffuse_save_preview", "save_preview", False, "Save the checkerboard preview"),
     Option("layerdiffuse_save_layered_file", "save_layered_file", False, "Save a layered OpenRaster (.ora) file"),
+    Option("layerdiffuse_save_psd_file", "save_psd_file", False, "Save a layered Photoshop (.psd) file"),
     Option("layerdiffuse_save_rgba_when_grid_only", "save_rgba_when_grid_only", False,
            "Save the transparent images even when only grids are saved"),
     Option("layerdiffuse_keep_alpha_upscaling", "keep_alpha_when_upscaling", True,
            "Keep transparency when upscaling"),
+    Option("layerdiffuse_trim_margins", "trim_margins", False, "Trim transparent margins"),
+    Option("layerdiffuse_trim_margin", "trim_margin", 0, "Margin left around the visible pixels when trimming (px)"),
+    Option("layerdiffuse_bleed_colour", "bleed_colour", False, "Bleed colour into transparent pixels"),
 )
 
 
@@ -49,9 +54,18 @@ class Settings:
     decoder_passes: int = 8
     decoder_precision: str = "Automatic"
     save_preview: bool = False
-    save_layered_file: bool = False
+    save_layered_file: bool = False  # OpenRaster
+    save_psd_file: bool = False
     save_rgba_when_grid_only: bool = False
     keep_alpha_when_upscaling: bool = True
+    trim_margins: bool = False
+    trim_margin: int = 0  # pixels
+    bleed_colour: bool = False
+
+    @property
+    def layered_formats(self) -> tuple[str, ...]:
+        """The layered files to write beside the PNGs (file extensions)."""
+        return tuple(fmt for fmt, on in (("ora", self.save_layered_file), ("psd", self.save_psd_file)) if on)
 
     @classmethod
     def from_values(cls, get) -> "Settings":
@@ -68,6 +82,12 @@ class Settings:
         if values["decoder_precision"] not in PRECISION_CHOICES:
             values["decoder_precision"] = "Automatic"
         values["models_folder"] = str(values["models_folder"] or "").strip()
+        try:
+            values["trim_margin"] = _pixels(values["trim_margin"])
+        except InvalidArgumentError:
+            if values["trim_margins"]:
+                raise
+            values["trim_margin"] = 0  # not used while trimming is off: no reason to stop any generation
         return cls(**{k: v for k, v in values.items()})
 
     def infotext_fields(self, on_gpu: bool) -> dict[str, Any]:
@@ -79,6 +99,21 @@ class Settings:
         if on_gpu and self.decoder_precision != "Automatic":
             fields["layerdiffusion_decoder_precision"] = self.decoder_precision
         return fields
+
+
+def _pixels(value) -> int:
+    """A whole number of pixels, 0 or more (Forge's number field may hand over 8.0 or "8"; unset is 0)."""
+    if value is None or value == "":
+        return 0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number >= 0 and number == int(number)):
+        raise InvalidArgumentError(
+            f"[LayerDiffuse] Settings → LayerDiffuse: the trim margin must be a whole number of pixels, 0 or more, "
+            f"not {value!r}.")
+    return int(number)
 
 
 _PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
