@@ -348,15 +348,22 @@ def forge_add_flux_lora(unet, filename: str, state_dict: Mapping, strength: floa
     weight in ForgeOperationsGGUF.Linear (operations.py:429-438) and ForgeOperationsBNB4bits.Linear (367-370).
     Returns the file's keys that land nowhere (key -> why), for the user."""
     lora = forge_flux_lora_patches(unet, state_dict, lora_module)
-    parameters = dict(unet.model.named_parameters())
-    check_decodable(lora.patches, parameters)
-    quantised = quantised_targets(lora.patches, parameters)
-    online = online_mode(quantised)
-    if online:
-        _log_online(quantised, len(lora.patches))
+    online = _online_for(lora.patches, unet)
     added = unet.add_patches(filename=filename, patches=lora.patches, strength_patch=float(strength),
                              strength_model=1.0, online_mode=online)
     return unmatched_after_adding(lora, added)
+
+
+def _online_for(patches: Mapping, unet) -> bool:
+    """Whether the LoRA goes on online (some target weight is quantised); refuses a GGUF type the host cannot
+    decode first."""
+    parameters = dict(unet.model.named_parameters())
+    check_decodable(patches, parameters)
+    quantised = quantised_targets(patches, parameters)
+    online = online_mode(quantised)
+    if online:
+        _log_online(quantised, len(patches))
+    return online
 
 
 def one_patch_per_parameter(patches: Mapping) -> list[dict]:
@@ -390,12 +397,7 @@ def neo_add_flux_lora(unet, filename: str, state_dict: Mapping, strength: float,
     linear1) only the last is kept: so each call gets at most one patch per parameter, and the calls are told apart
     by the name (`<file>`, `<file>#2`, ...; LoraLoader.refresh joins all of them, lora.py:163-165)."""
     lora = neo_flux_lora_patches(unet, state_dict, lora_module)
-    parameters = dict(unet.model.named_parameters())
-    check_decodable(lora.patches, parameters)
-    quantised = quantised_targets(lora.patches, parameters)
-    online = online_mode(quantised)
-    if online:
-        _log_online(quantised, len(lora.patches))
+    online = _online_for(lora.patches, unet)
     added = []
     for i, group in enumerate(one_patch_per_parameter(lora.patches)):
         name = filename if i == 0 else f"{filename}#{i + 1}"
