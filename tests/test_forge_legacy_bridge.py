@@ -589,7 +589,7 @@ def test_script_sdxl_transparent_image_at_every_index(script, bridge, env, decod
 def test_script_sd15_joint_batch_3(script, bridge, env, decoder_calls):
     from lib_layerdiffusion.networks.attention_sharing import (
         SD15_ATTENTION_LAYER_NAMES,
-        AttentionSharingUnit,
+        InstalledUnit,
     )
     p = make_p(is_sdxl=False, batch_size=3, attention_names=SD15_ATTENTION_LAYER_NAMES)
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -600,7 +600,7 @@ def test_script_sd15_joint_batch_3(script, bridge, env, decoder_calls):
     torch.testing.assert_close(latent, latents[:1] / 0.18215)
     unet = p.sd_model.forge_objects.unet
     assert sorted(unet.object_patches) == sorted("diffusion_model." + n for n in SD15_ATTENTION_LAYER_NAMES)
-    assert all(isinstance(u, AttentionSharingUnit) for u in unet.object_patches.values())
+    assert all(isinstance(u, InstalledUnit) for u in unet.object_patches.values())
     fg, bg, blend = unet.model_options["transformer_options"]["cond_overwrite"]
     assert fg[0, 0, 0].item() == len("glass, a cat") and bg is None
     assert blend[0, 0, 0].item() == len("on a table, a cat")
