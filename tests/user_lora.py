@@ -47,10 +47,11 @@ def layer_outputs(diffusion_model: torch.nn.Module, frames: int, transformer_opt
         for name in ATTENTION_LAYERS:
             attention_name = name.split(".to_")[0]
             attention = diffusion_model.get_submodule(attention_name)
-            x = torch.randn(frames, 64, attention.to_q.in_features, generator=gen)
+            shape_of = getattr(attention, "original", attention)  # the sizes, whatever stands in for it
+            x = torch.randn(frames, 64, shape_of.to_q.in_features, generator=gen)
             context = None
             if attention_name.endswith("attn2"):
-                context = torch.randn(frames, 77, attention.to_k.in_features, generator=gen)
+                context = torch.randn(frames, 77, shape_of.to_k.in_features, generator=gen)
             outputs[name] = attention(x, context=context, transformer_options=dict(transformer_options))
         ff = diffusion_model.get_submodule(FF_LAYER)
         outputs[FF_LAYER] = ff(torch.randn(frames, 64, ff.in_features, generator=gen))
