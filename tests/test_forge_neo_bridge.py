@@ -754,6 +754,6 @@ def test_script_sd15_joint_on_neo(script, bridge):
     _, model = p.layerdiffuse_attention_units
     seen = []
     model.units[0].register_forward_hook(
-        lambda m, args, out: seen.append(diffusion_model.get_submodule(SD15_ATTENTION_LAYER_NAMES[0]) is m))
+        lambda m, args, out: seen.append(diffusion_model.get_submodule(SD15_ATTENTION_LAYER_NAMES[0]).unit is m))
     step(p, torch.zeros(3, 4, 8, 8), 1.0)
     assert seen == [True]
