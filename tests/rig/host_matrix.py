@@ -227,6 +227,7 @@ def lora_matrix(forge: ForgeClient, out: Path, lora: str, cases: list[str], size
     for model, names in by_model.items():
         plain_case = names[0]
         r0, plain_before, e0 = ask(plain_case, "", enabled=False)
+        _, plain_again, _ = ask(plain_case, "", enabled=False)  # how far the host repeats itself at all
         r_lora, plain_lora, e1 = ask(plain_case, f" <lora:{lora}:1>", enabled=False)
         for name in names:
             r1, at_one, e2 = ask(name, f" <lora:{lora}:1>")
@@ -246,6 +247,7 @@ def lora_matrix(forge: ForgeClient, out: Path, lora: str, cases: list[str], size
         rows.append({"case": f"plain ({model})", "status_lora1": r_lora.status, "status_lora0": r0.status,
                      "plain_lora_vs_plain_max_diff": _max_diff(plain_lora, plain_before),
                      "plain_after_vs_before_max_diff": _max_diff(plain_after, plain_before),
+                     "plain_repeat_max_diff": _max_diff(plain_again, plain_before),
                      "status_after": r2.status, "log_errors": e0 + e1 + e4})
         print(json.dumps(rows[-1]), flush=True)
     (out / "lora_matrix.json").write_text(json.dumps(rows, indent=1))
@@ -256,7 +258,8 @@ def lora_matrix(forge: ForgeClient, out: Path, lora: str, cases: list[str], size
             lines.append(f"| {row['case']}: LoRA alone vs none; after vs before all | {row['status_lora1']} / "
                          f"{row['status_lora0']} (after: {row['status_after']}) | | "
                          f"{row['plain_lora_vs_plain_max_diff']}; after vs before: "
-                         f"{row['plain_after_vs_before_max_diff']} | {len(row['log_errors'])} |")
+                         f"{row['plain_after_vs_before_max_diff']} (plain repeated: {row['plain_repeat_max_diff']}) | "
+                         f"{len(row['log_errors'])} |")
         else:
             lines.append(f"| {row['case']} | {row['status_lora1']} / {row['status_lora0']} | "
                          f"{','.join(row['modes'])} | {row['lora1_vs_lora0_max_diff']} | {len(row['log_errors'])} |")
@@ -270,7 +273,9 @@ def lora_ok(rows: list[dict]) -> bool:
         if row["log_errors"]:
             return False
         if row["case"].startswith("plain"):
-            if row["plain_after_vs_before_max_diff"] != 0 or not row["plain_lora_vs_plain_max_diff"]:
+            after, repeat = row["plain_after_vs_before_max_diff"], row["plain_repeat_max_diff"]
+            # after differs from before by more than the host differs from itself, or the LoRA does nothing
+            if after is None or repeat is None or after > repeat or not row["plain_lora_vs_plain_max_diff"]:
                 return False
         elif row["status_lora1"] != 200 or row["status_lora0"] != 200 or not row["lora1_vs_lora0_max_diff"]:
             return False
