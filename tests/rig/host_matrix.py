@@ -187,10 +187,13 @@ def _images(r) -> list[np.ndarray]:
     return [np.asarray(decode_png(b64_to_bytes(b))) for b in (r.json.get("images") or [])] if r.ok else []
 
 
-def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int | None:
-    """Largest pixel difference over the images of two answers (None when they cannot be compared)."""
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray], rgb: bool = False) -> int | None:
+    """Largest pixel difference over the images of two answers (None when they cannot be compared); `rgb`: the
+    colour channels only (a plain image's alpha carries a host's stealth infotext bits, not the image)."""
     if not a or len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return None
+    if rgb:
+        a, b = [x[..., :3] for x in a], [y[..., :3] for y in b]
     return int(max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a, b)))
 
 
@@ -246,8 +249,9 @@ def lora_matrix(forge: ForgeClient, out: Path, lora: str, cases: list[str], size
         r2, plain_after, e4 = ask(plain_case, "", enabled=False)
         rows.append({"case": f"plain ({model})", "status_lora1": r_lora.status, "status_lora0": r0.status,
                      "plain_lora_vs_plain_max_diff": _max_diff(plain_lora, plain_before),
-                     "plain_after_vs_before_max_diff": _max_diff(plain_after, plain_before),
-                     "plain_repeat_max_diff": _max_diff(plain_again, plain_before),
+                     "plain_after_vs_before_max_diff": _max_diff(plain_after, plain_before, rgb=True),
+                     "plain_after_vs_before_alpha_included": _max_diff(plain_after, plain_before),
+                     "plain_repeat_max_diff": _max_diff(plain_again, plain_before, rgb=True),
                      "status_after": r2.status, "log_errors": e0 + e1 + e4})
         print(json.dumps(rows[-1]), flush=True)
     (out / "lora_matrix.json").write_text(json.dumps(rows, indent=1))
@@ -255,7 +259,7 @@ def lora_matrix(forge: ForgeClient, out: Path, lora: str, cases: list[str], size
              "| --- | --- | --- | --- | --- |"]
     for row in rows:
         if row["case"].startswith("plain"):
-            lines.append(f"| {row['case']}: LoRA alone vs none; after vs before all | {row['status_lora1']} / "
+            lines.append(f"| {row['case']}: LoRA alone vs none; after vs before all (RGB) | {row['status_lora1']} / "
                          f"{row['status_lora0']} (after: {row['status_after']}) | | "
                          f"{row['plain_lora_vs_plain_max_diff']}; after vs before: "
                          f"{row['plain_after_vs_before_max_diff']} (plain repeated: {row['plain_repeat_max_diff']}) | "
