@@ -80,10 +80,13 @@ def lora_targets(header_keys, diffusers: bool) -> dict[str, str]:
     return targets
 
 
-def make_lora(checkpoint: Path, diffusers: bool, rank: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+def make_lora(checkpoint: Path, diffusers: bool, rank: int = 4, seed: int = 1,
+              only: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     out = {}
     with safe_open(str(checkpoint), framework="pt") as f:
         targets = lora_targets(f.keys(), diffusers)
+        if only:  # e.g. ("attn1", "attn2"): the modules whose name has one of these parts
+            targets = {n: k for n, k in targets.items() if any(f"_{part}_" in n for part in only)}
         for name, key in sorted(targets.items()):
             piece = f.get_slice(key)
             shape = piece.get_shape()
@@ -109,8 +112,9 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--diffusers-names", action="store_true", help="SD1.5 kohya naming (down_blocks_…)")
     ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--only", nargs="*", default=(), help="only modules with these name parts (attn1 attn2 ff)")
     a = ap.parse_args()
-    state = make_lora(a.checkpoint, a.diffusers_names, a.rank)
+    state = make_lora(a.checkpoint, a.diffusers_names, a.rank, only=tuple(a.only))
     modules = [n[: -len(".alpha")] for n in state if n.endswith(".alpha")]
     kinds = {k: sum(1 for n in modules if f"_{k}_" in n) for k in ("attn1", "attn2", "ff")}
     kinds["conv"] = len(modules) - sum(kinds.values())
