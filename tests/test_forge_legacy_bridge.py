@@ -529,6 +529,11 @@ def script(env):
         shapes = AttentionSharingModel(sd15_attention_modules(unet), SD15_CONFIGS["sd15_joint"]).expected_shapes()
     save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
               str(layer / "layer_sd15_joint.safetensors"))
+    for stem in ("sd15_transparent_attn", "sd15_fg2bg", "sd15_bg2fg"):
+        with torch.device("meta"):
+            shapes = AttentionSharingModel(sd15_attention_modules(unet), SD15_CONFIGS[stem]).expected_shapes()
+        save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
+                  str(layer / f"layer_{stem}.safetensors"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         spec = importlib.util.spec_from_file_location("layerdiffuse_legacy_script", ROOT / "scripts" / "layerdiffuse.py")
@@ -589,7 +594,7 @@ def test_script_sdxl_transparent_image_at_every_index(script, bridge, env, decod
 def test_script_sd15_joint_batch_3(script, bridge, env, decoder_calls):
     from lib_layerdiffusion.networks.attention_sharing import (
         SD15_ATTENTION_LAYER_NAMES,
-        AttentionSharingUnit,
+        InstalledUnit,
     )
     p = make_p(is_sdxl=False, batch_size=3, attention_names=SD15_ATTENTION_LAYER_NAMES)
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -600,7 +605,7 @@ def test_script_sd15_joint_batch_3(script, bridge, env, decoder_calls):
     torch.testing.assert_close(latent, latents[:1] / 0.18215)
     unet = p.sd_model.forge_objects.unet
     assert sorted(unet.object_patches) == sorted("diffusion_model." + n for n in SD15_ATTENTION_LAYER_NAMES)
-    assert all(isinstance(u, AttentionSharingUnit) for u in unet.object_patches.values())
+    assert all(isinstance(u, InstalledUnit) for u in unet.object_patches.values())
     fg, bg, blend = unet.model_options["transformer_options"]["cond_overwrite"]
     assert fg[0, 0, 0].item() == len("glass, a cat") and bg is None
     assert blend[0, 0, 0].item() == len("on a table, a cat")
@@ -616,6 +621,70 @@ def test_script_sd15_joint_batch_3(script, bridge, env, decoder_calls):
             ["fg", "bg", "blend"]
     else:
         assert "layerdiffusion_layer" not in params and not any(callable(v) for v in params.values())
+
+
+SD15_METHODS = (  # method, its frames (the batch size), which control image it takes
+    ("(SD1.5) Only Generate Transparent Image (Attention Injection)", 1, None),
+    ("(SD1.5) From Foreground to Background (need batch size 2)", 2, "fg"),
+    ("(SD1.5) From Background to Foreground (need batch size 2)", 2, "bg"),
+    (JOINT, 3, None),
+)
+
+
+@pytest.mark.parametrize("method, frames, control", SD15_METHODS)
+def test_script_sd15_units_keep_a_users_lora_and_leave_nothing_patched(script, bridge, env, method, frames,
+                                                                      control):
+    """A user's LoRA on attn1, attn2, ff and conv layers stays active under every SD1.5 method (the layers compute
+    otherwise than at <lora:x:0>), also when the previous generation's units are still in the UNet as the LoRA is
+    added (reForge leaves them in until the next load); a plain generation after finds the UNet's own modules and
+    weights again. reForge merges what ModelPatcher.load finds walking named_modules with the units in (:589),
+    old Forge what the model's state_dict lists then (:199)."""
+    from ldm_patched.modules import model_management
+
+    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, InstalledUnit
+    from user_lora import FF_LAYER, LAYERS, differing, layer_outputs, lora_deltas, weights
+
+    def load():
+        from modules_forge.forge_loader import load_model
+        return load_model(False, SD15_ATTENTION_LAYER_NAMES, (FF_LAYER,))
+
+    sd_model = load()
+    shared = sd_model.forge_objects_original.unet
+    diffusion_model = shared.model.diffusion_model
+    before = weights(diffusion_model)
+    originals = {name: diffusion_model.get_submodule(name) for name in SD15_ATTENTION_LAYER_NAMES}
+    deltas = lora_deltas(diffusion_model)
+    if env.reforge:  # ldm_patched/modules/lora.py load_lora (3b56b268 :37): a weight_adapter per key
+        from ldm_patched.modules.weight_adapter import LoRAAdapter
+        patches = {key: LoRAAdapter(set(), (up, down, None, None, None, None)) for key, (up, down) in deltas.items()}
+    else:  # ldm_patched/modules/lora.py load_lora (bfee03d8 :50)
+        patches = {key: ("lora", (up, down, None, None)) for key, (up, down) in deltas.items()}
+    image = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    args = (True, method, 1.0, 1.0, image if control == "fg" else None, image if control == "bg" else None, None,
+            "Crop and Resize", False, "", "", "")
+
+    def generate_with_lora(strength):
+        from modules import processing
+        # extensions-builtin/Lora/networks.py load_networks (3b56b268 :95-104): the LoRA on a clone of the
+        # original UNet (sd.py load_lora_for_models: clone, add_patches), kept as forge_objects_after_applying_lora
+        lora = shared.clone()
+        assert sorted(lora.add_patches(patches, strength)) == sorted(patches)
+        sd_model.forge_objects_after_applying_lora.unet = lora
+        p = processing.StableDiffusionProcessingTxt2Img(sd_model, batch_size=frames, width=64, height=64)
+        p.prompts, p.seeds, p.all_seeds = [p.prompt] * frames, list(range(frames)), list(range(frames))
+        generate(script, p, args, torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(1)))
+        assert p.scripts.errors == []
+        assert all(isinstance(diffusion_model.get_submodule(n), InstalledUnit) for n in SD15_ATTENTION_LAYER_NAMES)
+        return layer_outputs(diffusion_model, frames, p.sd_model.forge_objects.unet.model_options["transformer_options"])
+
+    at_zero = generate_with_lora(0.0)
+    at_one = generate_with_lora(1.0)
+    assert differing(at_one, at_zero) == list(LAYERS)
+
+    model_management.load_models_gpu([shared.clone()])  # the next, plain generation's load
+    assert all(diffusion_model.get_submodule(name) is module for name, module in originals.items())
+    after = weights(diffusion_model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 @only("previous")

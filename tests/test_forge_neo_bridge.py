@@ -650,6 +650,11 @@ def script(env):
         shapes = AttentionSharingModel(originals, SD15_CONFIGS["sd15_joint"]).expected_shapes()
     save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
               str(layer / "layer_sd15_joint.safetensors"))
+    for stem in ("sd15_transparent_attn", "sd15_fg2bg", "sd15_bg2fg"):
+        with torch.device("meta"):
+            shapes = AttentionSharingModel(originals, SD15_CONFIGS[stem]).expected_shapes()
+        save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
+                  str(layer / f"layer_{stem}.safetensors"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         spec = importlib.util.spec_from_file_location("layerdiffuse_neo_script", ROOT / "scripts" / "layerdiffuse.py")
@@ -766,7 +771,7 @@ def test_script_sd15_joint_on_neo(script, bridge):
     _, model = p.layerdiffuse_attention_units
     seen = []
     model.units[0].register_forward_hook(
-        lambda m, args, out: seen.append(diffusion_model.get_submodule(SD15_ATTENTION_LAYER_NAMES[0]) is m))
+        lambda m, args, out: seen.append(diffusion_model.get_submodule(SD15_ATTENTION_LAYER_NAMES[0]).unit is m))
     step(p, torch.zeros(3, 4, 8, 8), 1.0)
     assert seen == [True]
 
@@ -855,3 +860,58 @@ def test_script_img2img_encoder_failure_leaves_init_images_alone_on_neo(script, 
     assert not isinstance(p.sd_model.forge_objects.vae.first_stage_model, _RegulatedAutoencoder)
     with pytest.raises(HookError, match="Preparing the init images failed.*OSError.*disk read error"):
         p.sample()
+
+SD15_METHODS = (  # method, its frames (the batch size), which control image it takes
+    ("(SD1.5) Only Generate Transparent Image (Attention Injection)", 1, None),
+    ("(SD1.5) From Foreground to Background (need batch size 2)", 2, "fg"),
+    ("(SD1.5) From Background to Foreground (need batch size 2)", 2, "bg"),
+    (JOINT, 3, None),
+)
+
+
+@pytest.mark.parametrize("method, frames, control", SD15_METHODS)
+def test_script_sd15_units_keep_a_users_lora_and_leave_nothing_patched(script, bridge, method, frames, control):
+    """A user's LoRA on attn1, attn2, ff and conv layers under every SD1.5 method: Neo merges it into the UNet's
+    own weights when the UNet is loaded (memory_management.py LoadedModel.model_load → refresh_loras, with the
+    originals in place), and the units swapped in for each model call compute with those weights, so the
+    denoised step differs from <lora:x:0>; a plain step afterwards is the one before. (Neo kept the LoRA before
+    the units were installed with the originals' children too: this guards it.)"""
+    from modules_forge.packages.comfy.weight_adapter import LoRAAdapter
+    from user_lora import lora_deltas, weights
+    sd_model = sd15()
+    shared = sd_model.forge_objects_original.unet
+    diffusion_model = shared.model.diffusion_model
+    before = weights(diffusion_model)
+    x = torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+
+    def plain_step():
+        p = make_p(sd_model, batch_size=frames)
+        sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
+        prepare(p, x)
+        return step(p, x, 1.0)
+
+    plain_before = plain_step()
+    # extensions-builtin/sd_forge_lora/networks.py :69: the LoRA's weight adapters on a clone (a LoRA patcher)
+    patches = {key: LoRAAdapter(set(), (up, down, None, None, None, None))
+               for key, (up, down) in lora_deltas(diffusion_model).items()}
+    image = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    args = (True, method, 1.0, 1.0, image if control == "fg" else None, image if control == "bg" else None, None,
+            "Crop and Resize", False, "", "", "")
+
+    def step_with_lora(strength):
+        lora = shared.clone()
+        matched = lora.add_patches(filename="user_lora.safetensors", patches=patches, strength_patch=strength,
+                                   online_mode=False)
+        assert sorted(matched) == sorted(patches)
+        sd_model.forge_objects_after_applying_lora.unet = lora
+        p = make_p(sd_model, batch_size=frames)
+        neo_txt2img(script, p, args, sigmas=(14.6, 1.0))
+        assert p.comments == {}
+        return step(p, x, 1.0)
+
+    at_zero, at_one = step_with_lora(0.0), step_with_lora(1.0)
+    assert not torch.allclose(at_one, at_zero)
+    sd_model.forge_objects_after_applying_lora.unet = shared
+    torch.testing.assert_close(plain_step(), plain_before, rtol=0, atol=0)
+    after = weights(diffusion_model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

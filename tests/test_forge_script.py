@@ -385,7 +385,7 @@ def sd15_files(models_dir):
     layer = models_dir / "layer_model"
     modules = sd15_attention_modules(FakeSD15KModel().diffusion_model)
     gen = torch.Generator().manual_seed(0)
-    for stem in ("sd15_joint", "sd15_fg2bg"):
+    for stem in ("sd15_joint", "sd15_fg2bg", "sd15_bg2fg", "sd15_transparent_attn"):
         with torch.device("meta"):
             shapes = AttentionSharingModel(modules, SD15_CONFIGS[stem]).expected_shapes()
         save_file({k: torch.randn(s, generator=gen) * 0.01 for k, s in shapes.items()},
@@ -406,7 +406,7 @@ def sd15_args(method, fg=None, prompts=("", "", "")):
 
 
 def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_files):
-    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, AttentionSharingUnit
+    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, InstalledUnit
     from modules.scripts import PostprocessImageArgs
     p = make_p(is_sdxl=False, batch_size=6, sd15_unet=True)
     shared = p.sd_model.forge_objects.unet
@@ -415,7 +415,7 @@ def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_fil
     unet = p.sd_model.forge_objects.unet
     assert unet is not shared and shared.object_patches == {}
     assert sorted(unet.object_patches) == sorted("diffusion_model." + n for n in SD15_ATTENTION_LAYER_NAMES)
-    assert all(isinstance(u, AttentionSharingUnit) and u.frames == 3 for u in unet.object_patches.values())
+    assert all(isinstance(u, InstalledUnit) and u.unit.frames == 3 for u in unet.object_patches.values())
     fg, bg, blend = unet.model_options["transformer_options"]["cond_overwrite"]
     # the additional prompt goes before the main prompt, for its own frame only
     assert fg[0, 0, 0].item() == len("glass, a cat") and bg is None
@@ -433,6 +433,58 @@ def test_sd15_joint_replaces_the_32_attention_layers_on_a_clone(script, sd15_fil
     assert [layer_of(index=i, p=p) for i in range(6)] == ["fg", "bg", "blend"] * 2
 
 
+SD15_METHODS = (  # method, its frames (the batch size), which control image it takes
+    ("(SD1.5) Only Generate Transparent Image (Attention Injection)", 1, None),
+    (FG2BG, 2, "fg"),
+    ("(SD1.5) From Background to Foreground (need batch size 2)", 2, "bg"),
+    (JOINT, 3, None),
+)
+
+
+@pytest.mark.parametrize("method, frames, control", SD15_METHODS)
+def test_sd15_units_keep_a_users_lora_and_leave_nothing_patched(script, sd15_files, method, frames, control):
+    """A user's LoRA on attn1, attn2, ff and conv layers stays active under every SD1.5 method (the layers compute
+    otherwise than at <lora:x:0>), also when the previous generation's units are still in the UNet as its LoRA is
+    added; a plain generation after it finds the UNet's own modules and weights again. Forge main merges the LoRA
+    after putting the object patches in (memory_management.py :467 then :518), by the modules' paths."""
+    from backend import memory_management
+    from backend.sampling.sampling_function import sampling_prepare
+    from lib_layerdiffusion.networks.attention_sharing import SD15_ATTENTION_LAYER_NAMES, InstalledUnit
+    from user_lora import LAYERS, differing, layer_outputs, lora_deltas, weights
+    memory_management.current_loaded_models.clear()
+    shared = make_p(is_sdxl=False, sd15_unet=True).sd_model.forge_objects.unet
+    diffusion_model = shared.model.diffusion_model
+    before = weights(diffusion_model)
+    originals = {name: diffusion_model.get_submodule(name) for name in SD15_ATTENTION_LAYER_NAMES}
+    # backend/patcher/lora.py load_lora's form: ("lora", (up, down, alpha, mid, dora_scale))
+    patches = {key: ("lora", (up, down, None, None, None)) for key, (up, down) in lora_deltas(diffusion_model).items()}
+    image = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    script_args = (True, method, 1.0, 1.0, image if control == "fg" else None, image if control == "bg" else None,
+                   None, "Crop and Resize", False, "", "", "")
+
+    def generate_with_lora(strength):
+        p = make_p(is_sdxl=False, batch_size=frames, sd15_unet=True)
+        # extensions-builtin/sd_forge_lora/networks.py load_lora_for_models :34/:37: a clone with the LoRA
+        lora = shared.clone()
+        matched = lora.add_patches(filename="user_lora.safetensors", patches=patches, strength_patch=strength)
+        assert sorted(matched) == sorted(patches)
+        p.sd_model.forge_objects.unet = lora
+        noise = run_sampling_setup(script, p, script_args)
+        unet = p.sd_model.forge_objects.unet
+        sampling_prepare(unet, noise)
+        assert all(isinstance(diffusion_model.get_submodule(n), InstalledUnit) for n in SD15_ATTENTION_LAYER_NAMES)
+        return layer_outputs(diffusion_model, frames, unet.model_options["transformer_options"])
+
+    at_zero = generate_with_lora(0.0)
+    at_one = generate_with_lora(1.0)
+    assert differing(at_one, at_zero) == list(LAYERS)
+
+    sampling_prepare(shared.clone(), torch.zeros(1, 4, 8, 8))  # the next, plain generation
+    assert all(diffusion_model.get_submodule(name) is module for name, module in originals.items())
+    after = weights(diffusion_model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_sd15_wrong_batch_size_says_which_to_set(script, sd15_files):
     from lib_layerdiffusion.errors import InvalidArgumentError
     p = make_p(is_sdxl=False, batch_size=4, sd15_unet=True)
@@ -446,8 +498,8 @@ def test_sd15_fg2bg_encodes_the_foreground_as_control(script, sd15_files):
     fg = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
     run_sampling_setup(script, p, sd15_args(FG2BG, fg=fg))
     units = list(p.sd_model.forge_objects.unet.object_patches.values())
-    assert units and all(u.control_signals is not None for u in units)
-    assert sorted(units[0].control_signals) == [1, 4, 16, 64]  # 1/8 .. 1/64 of 64x64
+    assert units and all(u.unit.control_signals is not None for u in units)
+    assert sorted(units[0].unit.control_signals) == [1, 4, 16, 64]  # 1/8 .. 1/64 of 64x64
 
 
 def test_sdxl_checkpoint_with_sd15_method_is_refused(script, sd15_files):

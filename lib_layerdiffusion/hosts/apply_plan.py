@@ -101,4 +101,4 @@ def _share_attention(p, unet, sharing: AttentionSharingPlan, host, store: ModelS
     overwrites = [host.text_condition(p, text) if text else None for text in sharing.frame_prompts]
     if any(o is not None for o in overwrites):
         host.set_transformer_option(unet, COND_OVERWRITE_KEY, overwrites)
-    host.replace_modules(unet, dict(zip(SD15_ATTENTION_LAYER_NAMES, model.units)), model)
+    host.replace_modules(unet, dict(zip(SD15_ATTENTION_LAYER_NAMES, model.installed_units())), model)

@@ -9,8 +9,10 @@ LayerDiffuse's SD1.5 methods (transparent-only, joint fg/bg/blend, fg->bg, bg->f
   3. returns what must be ADDED to the layer's input, exactly as the original attention's output is.
 
 Host interface (no host import here; a Forge bridge supplies these):
-  * Replace module `<name>` of the diffusion model by its unit, for every name in SD15_ATTENTION_LAYER_NAMES
-    (Forge: `unet.add_object_patch('diffusion_model.' + name, unit)`).
+  * Replace module `<name>` of the diffusion model by its unit, for every name in SD15_ATTENTION_LAYER_NAMES,
+    as `AttentionSharingModel.installed_units()` gives them: each keeps the replaced module's to_q/to_k/to_v/to_out
+    at their names, so the host's LoRA merging still finds them (Forge: `unet.add_object_patch('diffusion_model.'
+    + name, installed)`).
   * The unit is called like the attention it replaces: `unit(x, context=None, value=None,
     transformer_options={})`, with `x` of shape ((batch*frames), tokens, channels), frames interleaved
     (row = sample * frames + frame).
@@ -303,6 +305,31 @@ class ControlEncoder(nn.Module):
         return maps
 
 
+class InstalledUnit(nn.Module):
+    """What goes in place of an attention module: its unit, with the replaced module's children (to_q, to_k,
+    to_v, to_out) kept at their own names. Every Forge merges a user's LoRA into the UNet's weights by walking
+    those names while the units are in (Forge main backend/patcher/lora.py LoraLoader.refresh runs after
+    forge_patch_model; reForge's ModelPatcher.load patches what named_modules finds; old Forge's patch_model
+    what state_dict lists), and puts the weights back the same way. The unit computes with these very modules,
+    so the LoRA reaches it and is taken off again by the host; the unit's own weights stay out of the way
+    (under `unit.`). CrossAttention has no parameters of its own, only these children."""
+
+    def __init__(self, unit: AttentionSharingUnit):
+        super().__init__()
+        for name, child in unit.original.named_children():
+            self.add_module(name, child)
+        self.unit = unit
+        self.heads = unit.heads
+
+    @property
+    def original(self) -> nn.Module:
+        """The attention module this stands in for (unwrapped by sd15_attention_modules)."""
+        return self.unit.original
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.unit(*args, **kwargs)
+
+
 class _Hookers(nn.Module):
     # Exists only to give the units the `hookers.layers.{i}` names the model files use.
     def __init__(self, units: Sequence[AttentionSharingUnit]):
@@ -328,10 +355,19 @@ class AttentionSharingModel(nn.Module):
              for m in attention_modules]
         )
         self.kwargs_encoder = ControlEncoder() if config.use_control else None
+        self._installed: tuple[InstalledUnit, ...] = ()  # a tuple: not submodules (see installed_units)
 
     @property
     def units(self) -> list[AttentionSharingUnit]:
         return list(self.hookers.layers)
+
+    def installed_units(self) -> list[InstalledUnit]:
+        """The modules to put in place of the attention modules, one per unit (built once, so every sampling
+        pass of a generation installs the same objects). Kept out of this model's state dict: they hold the
+        UNet's own layers."""
+        if not self._installed:
+            self._installed = tuple(InstalledUnit(unit) for unit in self.units)
+        return list(self._installed)
 
     @torch.no_grad()
     def set_control(self, image01: torch.Tensor) -> None:

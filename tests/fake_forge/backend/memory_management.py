@@ -31,3 +31,44 @@ def bake_gguf_model(model):  # memory_management.py:340 (LoadedModel.model_load 
 
 
 signal_empty_cache = False  # memory_management.py:1191
+
+
+class LoadedModel:  # memory_management.py:443
+    def __init__(self, model):
+        self.model = model
+
+    def model_load(self):  # :455, all on the device: object patches first (:467), then the LoRAs merged (:518)
+        self.real_model = self.model.forge_patch_model(None)
+        self.model.refresh_loras()
+        return self.real_model
+
+    def model_unload(self, avoid_model_moving=False):  # :525
+        self.model.forge_unpatch_model()
+
+    def __eq__(self, other):  # :540
+        return self.model is other.model
+
+
+def unload_model_clones(model):  # :552
+    to_unload = []
+    for i in range(len(current_loaded_models)):
+        if model.is_clone(current_loaded_models[i].model):
+            to_unload = [i] + to_unload
+    for i in to_unload:
+        current_loaded_models.pop(i).model_unload(avoid_model_moving=True)
+
+
+def load_models_gpu(models, memory_required=0, hard_memory_preservation=0):  # :614, memory checks left out
+    models_to_load = []
+    for x in models:
+        loaded_model = LoadedModel(x)
+        if loaded_model in current_loaded_models:  # :626
+            index = current_loaded_models.index(loaded_model)
+            current_loaded_models.insert(0, current_loaded_models.pop(index))
+        else:
+            models_to_load.append(loaded_model)
+    for loaded_model in models_to_load:
+        unload_model_clones(loaded_model.model)  # :646
+    for loaded_model in models_to_load:
+        loaded_model.model_load()  # :684
+        current_loaded_models.insert(0, loaded_model)

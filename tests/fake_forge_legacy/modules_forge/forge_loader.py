@@ -23,11 +23,11 @@ class SDModel:
     """The A1111 model object (ldm DiffusionEngine / LatentDiffusion) as load_model_for_a1111 leaves it."""
 
 
-def load_model(is_sdxl=True, attention_names=()):
+def load_model(is_sdxl=True, attention_names=(), linear_names=()):
     """load_model_for_a1111 for a tiny checkpoint: an SDXL or SD1.5 UNet (with CrossAttention modules at
-    `attention_names`), a VAE and a CLIP."""
+    `attention_names`, Linear layers at `linear_names`), a VAE and a CLIP."""
     sd_model = SDModel()
-    unet = UnetPatcher(BaseModel(model_config(is_sdxl), attention_names))
+    unet = UnetPatcher(BaseModel(model_config(is_sdxl), attention_names, linear_names))
     forge_objects = ForgeSD(unet, CLIP(), VAE(), None)
     sd_model.forge_objects = forge_objects  # :162 / :445
     sd_model.forge_objects_original = forge_objects.shallow_copy()  # :163 / :446

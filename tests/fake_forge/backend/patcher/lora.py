@@ -129,10 +129,20 @@ def merge_lora_to_weight(patches, weight, key="online_lora", computation_dtype=t
             patch_type = v[0]
             v = v[1]
 
-        if patch_type == "diff":  # lora.py:124 (same shape only)
+        if patch_type == "diff":  # lora.py:124
             w1 = v[0]
             if strength != 0.0:
-                weight += strength * memory_management.cast_to_device(w1, weight.device, weight.dtype)
+                if w1.shape != weight.shape and w1.ndim == weight.ndim == 4:  # :127: grown to the larger shape
+                    new_shape = [max(n, m) for n, m in zip(weight.shape, w1.shape)]
+                    new_weight = torch.zeros(size=new_shape).to(weight)
+                    new_weight[:weight.shape[0], :weight.shape[1], :weight.shape[2], :weight.shape[3]] = weight
+                    new_weight[:w1.shape[0], :w1.shape[1], :w1.shape[2], :w1.shape[3]] += \
+                        strength * memory_management.cast_to_device(w1, weight.device, weight.dtype)
+                    weight = new_weight.contiguous().clone()
+                elif w1.shape != weight.shape:
+                    print("WARNING SHAPE MISMATCH {} WEIGHT NOT MERGED {} != {}".format(key, w1.shape, weight.shape))
+                else:
+                    weight += strength * memory_management.cast_to_device(w1, weight.device, weight.dtype)
 
         elif patch_type == "lora":  # lora.py:145 (no mid, no DoRA)
             mat1 = memory_management.cast_to_device(v[0], weight.device, computation_dtype)

@@ -3,6 +3,9 @@ import copy
 
 import torch
 
+from backend import utils
+from backend.patcher.lora import LoraLoader
+
 
 class FakePredictor:
     """backend/modules/k_prediction.py percent_to_sigma: 1.0 → 0, 0.0 → huge; monotone in between."""
@@ -49,12 +52,18 @@ class FakeSD15KModel(torch.nn.Module):
             transformer = torch.nn.Module()
             transformer.attn1 = FakeAttention(dim)
             transformer.attn2 = FakeAttention(dim, context_dim)
+            # backend/nn/unet.py FeedForward: net = [GEGLU (.proj), Dropout, Linear]
+            transformer.ff = torch.nn.Module()
+            geglu = torch.nn.Module()
+            geglu.proj = torch.nn.Linear(dim, dim * 2)
+            transformer.ff.net = torch.nn.ModuleList([geglu, torch.nn.Dropout(0.0), torch.nn.Linear(dim, dim)])
             spatial = torch.nn.Module()
             spatial.transformer_blocks = torch.nn.ModuleList([transformer])
             return torch.nn.ModuleList([torch.nn.Identity(), spatial])
 
         unet = torch.nn.Module()
         unet.input_blocks = torch.nn.ModuleList([block() for _ in range(12)])
+        unet.input_blocks[0] = torch.nn.ModuleList([torch.nn.Conv2d(4, dim, 3, padding=1)])  # conv_in
         unet.output_blocks = torch.nn.ModuleList([block() for _ in range(12)])
         unet.middle_block = block()
         self.diffusion_model = unet
@@ -62,17 +71,17 @@ class FakeSD15KModel(torch.nn.Module):
 
 
 class UnetPatcher:
-    def __init__(self, model):
+    def __init__(self, model):  # base.py:52
         self.model = model
         self.lora_patches = {}
-        self.offload_device = torch.device("cpu")
-        if not hasattr(model, 'lora_loader'):  # base.py:63
-            from backend.patcher.lora import LoraLoader
-            model.lora_loader = LoraLoader(model)
-        self.lora_loader = model.lora_loader
         self.object_patches = {}
+        self.object_patches_backup = {}
         self.model_options = {"transformer_options": {}}
         self.extra_concat_condition = None
+        self.load_device = self.offload_device = self.current_device = torch.device("cpu")
+        if not hasattr(model, "lora_loader"):  # base.py:63: one loader per model, shared by its clones
+            model.lora_loader = LoraLoader(model)
+        self.lora_loader = model.lora_loader
 
     def clone(self):  # UnetPatcher.clone
         n = UnetPatcher(self.model)
@@ -121,6 +130,22 @@ class UnetPatcher:
     def refresh_loras(self):  # base.py:125 (memory_management.py:518 LoadedModel.model_load, every load)
         self.lora_loader.refresh(lora_patches=self.lora_patches, offload_device=self.offload_device)
         return
+
+    def is_clone(self, other):  # base.py:86
+        return hasattr(other, "model") and self.model is other.model
+
+    def forge_patch_model(self, target_device=None):  # base.py:257: object patches set by path, kept to restore
+        for k, item in self.object_patches.items():
+            old = utils.get_attr(self.model, k)
+            if k not in self.object_patches_backup:
+                self.object_patches_backup[k] = old
+            utils.set_attr_raw(self.model, k, item)
+        return self.model
+
+    def forge_unpatch_model(self, target_device=None):  # base.py:272
+        for k in list(self.object_patches_backup.keys()):
+            utils.set_attr_raw(self.model, k, self.object_patches_backup[k])
+        self.object_patches_backup = {}
 
     def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):  # UnetPatcher.add_conditioning_modifier
         self.model_options.setdefault("conditioning_modifiers", []).append(modifier)

@@ -1,6 +1,4 @@
 """Mirrors backend/sampling/sampling_function.py."""
-from types import SimpleNamespace
-
 import torch
 
 from backend import memory_management
@@ -9,9 +7,10 @@ prepared = []  # what sampling_prepare was asked to load, in order (for the test
 
 
 def sampling_prepare(unet, x):
-    """sampling_prepare: loads the patcher (merging its weight patches) onto the device."""
+    """sampling_prepare (:366): loads the patcher onto the device (memory_management.load_models_gpu, :383): its
+    clones give way, its object patches go in, its LoRAs are merged."""
     prepared.append(unet)
-    memory_management.current_loaded_models[:] = [SimpleNamespace(model=unet)]
+    memory_management.load_models_gpu(models=[unet])
 
 
 def sampling_step(unet, x, sigma, cond, uncond):

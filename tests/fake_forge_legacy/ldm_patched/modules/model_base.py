@@ -2,7 +2,7 @@
 model_config from the model config (supported_models.py SD15 / SDXL, whose latent_format the config instantiates,
 supported_models_base.py:46 / :60), model_sampling, and the UNet as diffusion_model. The UNet is tiny, with the
 names of ldm_patched/ldm/modules/diffusionmodules/openaimodel.py UNetModel: the input conv (4 channels in), an
-output layer, and CrossAttention modules at the names asked for."""
+output layer, and CrossAttention modules (and Linear layers) at the names asked for."""
 from types import SimpleNamespace
 
 import torch
@@ -39,7 +39,7 @@ def _add_at(root, dotted, module):
 
 
 class BaseModel(torch.nn.Module):
-    def __init__(self, model_config, attention_names=()):
+    def __init__(self, model_config, attention_names=(), linear_names=()):
         super().__init__()
         self.latent_format = model_config.latent_format  # :47 / :120
         if fake_host.is_reforge():
@@ -51,6 +51,8 @@ class BaseModel(torch.nn.Module):
         unet.out = torch.nn.Linear(8, 8)
         for name in attention_names:
             _add_at(unet, name, CrossAttention(8, 12 if name.endswith("attn2") else None))
+        for name in linear_names:  # e.g. a transformer block's ff.net.2
+            _add_at(unet, name, torch.nn.Linear(8, 8))
         with torch.no_grad():
             for parameter in unet.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.1)

@@ -111,17 +111,33 @@ class ModelPatcher:
 
         def patch_weight_to_device(self, key, device_to=None):  # :559 (3b56b268)
             from ldm_patched.modules import lora
+            if key not in self.patches:  # :560
+                return
             weight = utils.get_attr(self.model, key)
             if key not in self.backup:
                 self.backup[key] = weight.detach().clone()
             out_weight = lora.calculate_weight(self.patches[key], weight.to(torch.float32, copy=True), key)
             utils.set_attr_param(self.model, key, out_weight.to(weight.dtype))
 
+        def _load_list(self):  # :589 (3b56b268): the modules holding parameters of their own, found by walking
+            loading = []   # the model as it is now (object patches in)
+            for n, m in self.model.named_modules():
+                params = [name for name, _ in m.named_parameters(recurse=False)]
+                skip = any(name not in params for name, _ in m.named_parameters(recurse=True))
+                if not skip and len(params) > 0:
+                    loading.append((n, m, params))
+            return loading
+
         def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-            """:604 (3b56b268), fully loaded: every patched weight merged, the model marked as carrying this
-            patcher's weights."""
-            for key in self.patches:
-                self.patch_weight_to_device(key, device_to=device_to)
+            """:604 (3b56b268), fully loaded: the patched weights of every module _load_list finds merged once
+            (:677-685), the model marked as carrying this patcher's weights. A patch whose module the walk does
+            not reach is not merged, and nothing says so."""
+            for n, m, params in self._load_list():
+                if getattr(m, "ldm_patched_patched_weights", False) is True:  # :677
+                    continue
+                for param in params:
+                    self.patch_weight_to_device("{}.{}".format(n, param), device_to=device_to)  # :682
+                m.ldm_patched_patched_weights = True  # :685
             self.model.model_loaded_weight_memory = model_management.module_size(self.model)  # :702
             self.model.current_weight_patches_uuid = self.patches_uuid  # :703
 
@@ -142,6 +158,9 @@ class ModelPatcher:
                 self.model.current_weight_patches_uuid = None
                 self.backup.clear()
                 self.model.model_loaded_weight_memory = 0
+                for m in self.model.modules():  # :756
+                    if hasattr(m, "ldm_patched_patched_weights"):
+                        del m.ldm_patched_patched_weights
             for k, old in self.object_patches_backup.items():  # :760: object patches always go back
                 utils.set_attr(self.model, k, old)
             self.object_patches_backup.clear()
@@ -182,6 +201,9 @@ class ModelPatcher:
             if patch_weights:
                 model_sd = self.model.state_dict()
                 for key in self.patches:
+                    if key not in model_sd:  # :201: a key the model (as it is now) does not list is skipped
+                        print("could not patch. key doesn't exist in model:", key)
+                        continue
                     weight = model_sd[key]
                     if key not in self.backup:
                         self.backup[key] = weight.to(device=self.offload_device, copy=True)

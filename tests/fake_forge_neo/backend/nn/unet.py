@@ -42,13 +42,34 @@ class CrossAttention(nn.Module):  # unet.py:128
         return self.to_out(out)
 
 
-class BasicTransformerBlock(nn.Module):  # unet.py:153, only the two attentions (no norms' patches, no ff)
+class GEGLU(nn.Module):  # unet.py:106
+    def __init__(self, dim_in, dim_out):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * torch.nn.functional.gelu(gate)
+
+
+class FeedForward(nn.Module):  # unet.py:116 (gated, as SD's blocks)
+    def __init__(self, dim, mult=2):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):  # unet.py:153: the two attentions and the ff (no norms' patches)
     def __init__(self, dim, n_heads, d_head, context_dim):
         super().__init__()
         self.attn1 = CrossAttention(query_dim=dim, heads=n_heads, dim_head=d_head)
         self.norm1 = nn.LayerNorm(dim)
         self.attn2 = CrossAttention(query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head)
         self.norm2 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+        self.norm3 = nn.LayerNorm(dim)
         self.n_heads = n_heads
         self.d_head = d_head
 
@@ -61,7 +82,8 @@ class BasicTransformerBlock(nn.Module):  # unet.py:153, only the two attentions 
         x = x + n
         n = self.norm2(x)
         n = self.attn2(n, context=context, value=None, transformer_options=extra_options)  # unet.py:261
-        return x + n
+        x = x + n
+        return self.ff(self.norm3(x)) + x  # unet.py:270 (is_res)
 
 
 class SpatialTransformer(nn.Module):  # unet.py:276: (B, C, H, W) → tokens → blocks → (B, C, H, W)
