@@ -4,7 +4,8 @@ ld_rig_paint_square copied into the run's extensions folder beside this checkout
 
     python tests/rig/pipeline_edits.py --url http://127.0.0.1:7861 --log ~/.cache/layerdiffuse-rig/logs/forge-X.log
 
-For each case (no edit, the edit sorted before LayerDiffuse, after it) it sends one txt2img request and reads the
+For each case (no edit, the "early" script's edit, the "late" one's; both run in extension-folder order unless
+prioritized_callbacks_script_postprocess_image is set) it sends one txt2img request and reads the
 Forge log written meanwhile: the SHA-256 of the image the paint script handed on must equal the SHA-256 of the
 pixels the transparent decoder read; the RGBA must differ from the unedited one. Prints a table; exit 1 on a miss.
 """

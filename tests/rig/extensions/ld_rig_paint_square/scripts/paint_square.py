@@ -1,6 +1,8 @@
 """Rig-only extension (never shipped): stands in for ADetailer, ReActor and any script that edits the image after
-sampling. Two always-on scripts paint a magenta square into the image in postprocess_image, one sorted before
-LayerDiffuse (sorting_priority 0 < 15) and one after it (100), each enabled by its own checkbox over the API:
+sampling. Two always-on scripts paint a magenta square into the image in postprocess_image, each enabled by its
+own checkbox over the API. Their sorting_priority (0 and 100) orders only the UI: the hooks run in extension-folder
+order (this folder's before a checkout named after it) unless Forge's setting
+prioritized_callbacks_script_postprocess_image says otherwise (tests/rig/adetailer_edits.py uses it):
 
     "alwayson_scripts": {"LD rig paint square early": {"args": [true]}}   (or "... late")
 
