@@ -21,7 +21,7 @@ from .request.args import LayerDiffuseArgs
 from .images import layer_export
 from .images.conditioning_images import to_pil
 from .errors import LayerDiffuseError
-from .hosts.apply_plan import apply_plan
+from .hosts.apply_plan import UNITS_ATTR, apply_plan
 from .plan import plan_sampling
 from .request.infotext import infotext_fields
 from .networks.model_store import ModelStore
@@ -43,6 +43,8 @@ PIXELS_ATTR = "layerdiffuse_sampled_pixels"  # index -> the VAE's decoded image,
 LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved images (layered files)
 ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
+# everything a generation puts on the processing object, dropped when it ends (release)
+REQUEST_ATTRS = (STATE_ATTR, INIT_ATTR, DECODED_ATTR, PIXELS_ATTR, LAYERS_ATTR, ALPHAS_ATTR, UNITS_ATTR)
 
 
 @dataclass(frozen=True)
@@ -284,3 +286,12 @@ def image_saved(p, image, filename: str) -> None:
         collector = layer_export.GroupCollector(gen.args.method, inputs, gen.args.resize_mode.value)
         setattr(p, LAYERS_ATTR, collector)
     collector.add(tagged[0], tagged[1], image, filename)
+
+
+def release(p) -> None:
+    """The generation is over (the script's postprocess, after every image was saved): drop what it put on the
+    processing object. Forge's finished sampler and its CFG denoiser reference each other and the processing
+    object, so that lives on until Python's cyclic collector next runs (big tensors never trigger it); the SD1.5
+    attention units (hundreds of MB), recorded latents and pixels on it would pile up with every request."""
+    for name in REQUEST_ATTRS:
+        vars(p).pop(name, None)

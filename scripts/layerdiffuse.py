@@ -98,3 +98,6 @@ class LayerDiffuseScript(scripts.Script):
         if gen is None:
             return
         generation.finish_image(p, gen, bridge, _store(gen.settings), pp)
+
+    def postprocess(self, p, processed, *script_args):
+        generation.release(p)
