@@ -22,7 +22,7 @@ from .request.args import LayerDiffuseArgs
 from .images import layer_export, psd_file, sprite
 from .images.conditioning_images import to_pil
 from .errors import LayerDiffuseError
-from .hosts.apply_plan import apply_plan
+from .hosts.apply_plan import UNITS_ATTR, apply_plan
 from .plan import plan_sampling
 from .request.infotext import infotext_fields
 from .networks.model_store import ModelStore
@@ -47,6 +47,9 @@ LAYERS_ATTR = "layerdiffuse_layers"  # the per-request GroupCollector of saved i
 ALPHAS_ATTR = "layerdiffuse_alphas"  # id(RGBA image handed to Forge) -> its alpha channel
 TRIMS_ATTR = "layerdiffuse_trims"  # index -> the trim box of a trimmed transparent image, as infotext text
 LAYER_INFOTEXT_KEY = "layerdiffusion_layer"  # which layer (fg / bg / blend) an image of a layer method is
+# everything a generation puts on the processing object, dropped when it ends (release)
+REQUEST_ATTRS = (STATE_ATTR, INIT_ATTR, DECODED_ATTR, PIXELS_ATTR, LAYERS_ATTR, ALPHAS_ATTR, TRIMS_ATTR,
+                 NOTED_FULL_DECODE_ATTR, UNITS_ATTR)
 
 
 @dataclass(frozen=True)
@@ -395,3 +398,12 @@ def _sprite_ready(p, gen: Generation, index: int, rgba: Image.Image) -> tuple[Im
     if box is not None and trims is not None:
         trims[index] = str(box)
     return image, checkerboard_preview_of(image)
+
+
+def release(p) -> None:
+    """The generation is over (the script's postprocess, after every image was saved): drop what it put on the
+    processing object. Forge's finished sampler and its CFG denoiser reference each other and the processing
+    object, so that lives on until Python's cyclic collector next runs (big tensors never trigger it); the SD1.5
+    attention units (hundreds of MB), recorded latents and pixels on it would pile up with every request."""
+    for name in REQUEST_ATTRS:
+        vars(p).pop(name, None)

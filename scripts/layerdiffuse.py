@@ -102,6 +102,10 @@ class LayerDiffuseScript(scripts.Script):
         with _stopping(p, "Decoding the transparency", bridge.fail_after_sampling):
             generation.finish_image(p, gen, bridge, _store(gen.settings), pp)
 
+    def postprocess(self, p, processed, *script_args):
+        # the request is over (every image saved): nothing it built may outlive it
+        generation.release(p)
+
 
 def _fail_sampling(p, error):
     """Sampling has begun: the UNet raises at its first step; if even that cannot be installed (the host's patcher

@@ -184,8 +184,9 @@ def record_vae_decodes(p, sink: list) -> bool:
     copy of the VAE object (all its attributes, unlike Neo's incomplete clone(), and no decode-wrapper option,
     which Neo and reForge lack) whose decode records its input first. Forge rebuilds forge_objects for the next
     batch, so the copy lives for this sampling only."""
-    vae = copy.copy(p.sd_model.forge_objects.vae)
-    decode = vae.decode
+    source = p.sd_model.forge_objects.vae
+    vae = copy.copy(source)
+    decode = source.decode  # the source's, not the copy's own bound method: no cycle keeping the copy and `sink`
     pixels = getattr(sink, "pixels", None)  # apply_plan.RecordedDecodes: the decoded images too
 
     def recording_decode(samples, *args, **kwargs):

@@ -7,6 +7,9 @@ class Script:
     infotext_fields = None
     paste_field_names = None
 
+    def postprocess(self, p, processed, *args):  # modules/scripts.py:286: a no-op unless a script overrides it
+        pass
+
 
 class PostSampleArgs:  # scripts.py:28
     def __init__(self, samples):
