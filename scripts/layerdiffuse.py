@@ -15,6 +15,7 @@ from lib_layerdiffusion.request.infotext import paste_readers
 from lib_layerdiffusion.networks.model_store import ModelStore
 from lib_layerdiffusion.request.settings import OPTIONS, SECTION, Settings
 from lib_layerdiffusion.request.ui import TITLE, build_ui
+from lib_layerdiffusion.request.xyz_axes import AXES as XYZ_AXES
 
 log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()
@@ -22,6 +23,7 @@ bridge.register_settings(OPTIONS, SECTION)
 bridge.on_image_saving(lambda image, p, filename: generation.before_save(p, image, filename))
 bridge.on_image_saved(lambda image, p, filename: generation.image_saved(p, image, filename))
 bridge.install_api_middleware(NamedArgsMiddleware)
+bridge.register_xyz_axes(XYZ_AXES, TITLE)
 
 
 # fields restored by paste-back; images are never in the infotext
@@ -86,6 +88,12 @@ class LayerDiffuseScript(scripts.Script):
         except LayerDiffuseError as error:
             log.error("%s", error)
             bridge.fail_sampling(p, error)
+
+    def post_sample(self, p, ps, *script_args):
+        gen = getattr(p, generation.STATE_ATTR, None)
+        if gen is None:
+            return
+        generation.record_decodes_on_current_model(p, gen, bridge)
 
     def postprocess_image(self, p, pp, *script_args):
         gen = getattr(p, generation.STATE_ATTR, None)

@@ -173,7 +173,10 @@ def record_vae_decodes(p, sink: list) -> bool:
     (process_out of the sampler's), which the transparent decoder was trained on. Works on every Forge: a shallow
     copy of the VAE object (all its attributes, unlike Neo's incomplete clone(), and no decode-wrapper option,
     which Neo and reForge lack) whose decode records its input first. Forge rebuilds forge_objects for the next
-    batch, so the copy lives for this sampling only."""
+    batch, so the copy lives for this sampling only. Called again for the same sink (after a refiner switch put
+    another model in place), a VAE that already records into it is left as it is."""
+    if getattr(p.sd_model.forge_objects.vae.decode, "layerdiffuse_sink", None) is sink:
+        return True
     vae = copy.copy(p.sd_model.forge_objects.vae)
     decode = vae.decode
 
@@ -183,6 +186,7 @@ def record_vae_decodes(p, sink: list) -> bool:
                  sink[-1].mean().item(), sink[-1].std().item())
         return decode(samples, *args, **kwargs)
 
+    recording_decode.layerdiffuse_sink = sink
     vae.decode = recording_decode
     p.sd_model.forge_objects.vae = vae
     return True
