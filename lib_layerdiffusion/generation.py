@@ -80,6 +80,10 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if layer_export.names_layers(method) and bridge.infotext_takes_callables():
         # per image (Forge calls it with the image's index): the caption of each result says which layer it is
         p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
+    else:
+        # the X/Y/Z plot's cells share one extra_generation_params dict (a shallow copy of p per cell): a layer
+        # method's caption in an earlier cell must not label this one
+        p.extra_generation_params.pop(LAYER_INFOTEXT_KEY, None)
     device, _ = bridge.compute_device_and_dtype(settings.decoder_precision)
     p.extra_generation_params.update(settings.infotext_fields(on_gpu=device.type != "cpu"))
     if method.makes_transparent and bridge.stealth_infotext_mode() == "RGB":

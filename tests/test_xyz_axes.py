@@ -225,3 +225,22 @@ def test_each_host_registers_the_axes_once(fake, variant, bridge_name):
         script_callbacks.before_ui_callback()
         assert [count(xyz, label) for label in LABELS] == [1, 1, 1]
         assert "lib_layerdiffusion.hosts.webui" in sys.modules
+
+
+def test_a_layer_methods_caption_does_not_leak_into_the_next_cell(forge, models_dir):  # noqa: F811
+    """The plot's cells share p.extra_generation_params (copy(p) is shallow): fg→blend names its layer per image,
+    the attention cell after it must not."""
+    from lib_layerdiffusion.generation import LAYER_INFOTEXT_KEY
+    from PIL import Image
+    plot = forge.xyz.Script()
+    plot.ui(is_img2img=False)
+    fg = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    p = grid_p(forge, (True, ATTN, 1.0, 1.0, fg, None, None, "Crop and Resize", False, "", "", ""))
+
+    def process_images(pc):
+        forge.script.process(pc, *pc.script_args[2:])
+        return LAYER_INFOTEXT_KEY in pc.extra_generation_params
+
+    cells = plot.run(p, axis_index(plot, "[LayerDiffuse] Method"), "", ["(SDXL) From Foreground to Blending", ATTN],
+                     axis_index(plot, "Nothing"), "", None, process_images)
+    assert cells == {(0, 0): True, (1, 0): False}
