@@ -132,8 +132,19 @@ def describe(raw: bytes) -> dict:
     entry = {"mode": image.mode, "size": list(image.size)}
     if image.mode == "RGBA":
         alpha = np.asarray(image)[..., 3].astype(np.float64)
-        entry.update(alpha_mean=round(alpha.mean(), 2), alpha_std=round(alpha.std(), 2))
+        entry.update(alpha_mean=round(float(alpha.mean()), 2), alpha_std=round(float(alpha.std()), 2))
     return entry
+
+
+def grid_alpha_matches(grid: bytes, cells: list, cols: int, rows: int) -> bool:
+    """Whether the grid's alpha is each cell's alpha at its place (images.image_grid pastes cells row by row)."""
+    g = np.asarray(decode_png(grid).convert("RGBA"))
+    tiles = [np.asarray(decode_png(c).convert("RGBA")) for c in cells]
+    h, w = tiles[0].shape[:2]
+    if g.shape[:2] != (rows * h, cols * w):
+        return False
+    return all((g[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w, 3] == t[..., 3]).all()
+               for i, t in enumerate(tiles))
 
 
 def max_diff(a: bytes, b: bytes) -> dict:
@@ -145,8 +156,8 @@ def max_diff(a: bytes, b: bytes) -> dict:
 
 
 class Runner:
-    def __init__(self, forge, out: Path, size: int, steps: int, log: Path | None):
-        self.forge, self.out, self.size, self.steps, self.log = forge, out, size, steps, log
+    def __init__(self, forge, out: Path, size: int, steps: int, log: Path | None, reuse: bool = False):
+        self.forge, self.out, self.size, self.steps, self.log, self.reuse = forge, out, size, steps, log, reuse
         self.results: dict[str, dict] = {}
         self.images: dict[str, list[bytes]] = {}
 
@@ -191,10 +202,15 @@ class Runner:
 
     def rgba_ok(self, name, index=0):
         images = self.results[name].get("images") or []
-        return len(images) > index and images[index]["mode"] == "RGBA" and images[index].get("alpha_std", 0) > 0
+        return bool(len(images) > index and images[index]["mode"] == "RGBA" and images[index].get("alpha_std", 0) > 0)
 
     def baseline(self, family):
         name = f"{family}_ld"
+        saved = self.out / name / "result.json"
+        if name not in self.results and self.reuse and saved.exists() and json.loads(saved.read_text())["status"] == 200:
+            self.results[name] = json.loads(saved.read_text())
+            self.images[name] = [f.read_bytes() for f in sorted((self.out / name).glob("image_*.png"))]
+            print(name, "reused from an earlier run in", self.out, flush=True)
         if name not in self.results:
             self.run(name, MODEL[family], body(family, self.size, self.steps), "LayerDiffuse alone")
         return name
@@ -230,10 +246,13 @@ class Runner:
     def xyz(self, info):
         base = self.baseline("sdxl")
         args, labels = xyz_args(info, ("[LayerDiffuse] Weight", "0.5, 1", None),
-                                ("[LayerDiffuse] Stop At", "0.5, 1", None), legend=False)
-        payload = body("sdxl", self.size, self.steps, script_name=XYZ_TITLE, script_args=args)
+                                ("[LayerDiffuse] Stop At", "0.3, 1", None), legend=False)
+        # grid_save off: saving the grid would run Forge's stealth infotext (Alpha mode: putalpha(255) on the grid
+        # object itself, modules/stealth_infotext.py add_data), so the grid's own alpha shows only without it
+        payload = body("sdxl", self.size, self.steps, script_name=XYZ_TITLE, script_args=args,
+                       override_settings={"grid_save": False})
         name = "xyz_weight_stop"
-        self.run(name, SDXL, payload, "X weight 0.5,1; Y stop at 0.5,1; no legend")
+        self.run(name, SDXL, payload, "X weight 0.5,1; Y stop at 0.3,1; no legend; grid_save off")
         res = self.results[name]
         ok = res["status"] == 200 and len(self.images[name]) >= 5
         facts = {}
@@ -244,6 +263,7 @@ class Runner:
             # cell order: x fastest (weight 0.5, 1) then y (stop 0.5, 1): index 3 is weight 1, stop 1
             facts["cell_w1_s1_vs_ld"] = max_diff(cells[3], self.images[base][0])
             facts["cells_differ"] = len({c for c in cells}) == 4
+            facts["grid_alpha_is_cells_alpha"] = grid_alpha_matches(self.images[name][0], cells, 2, 2)
             facts["cell_infotexts"] = [t.split("layerdiffusion_weight: ")[-1][:40] for t in res["infotexts"][1:5]]
             ok = all(facts["cells_rgba"]) and facts["cell_w1_s1_vs_ld"].get("rgb_max") == 0 and \
                 facts["cell_w1_s1_vs_ld"].get("alpha_max") == 0 and facts["cells_differ"] and not res["log_errors"]
@@ -302,7 +322,7 @@ class Runner:
             first = (r.get("images") or [{}])[0]
             shown = f"{first.get('mode', '')} α std {first.get('alpha_std', '')}" if first else ""
             facts = {k: r[k] for k in ("diff_vs_ld", "grid", "cells_rgba", "cell_w1_s1_vs_ld", "cells_differ",
-                                       "attn_cell_vs_ld", "infotext_refiner", "vs_ld_same_steps", "message",
+                                       "attn_cell_vs_ld", "grid_alpha_is_cells_alpha", "infotext_refiner", "vs_ld_same_steps", "message",
                                        "note") if k in r}
             if r.get("errors"):
                 facts["errors"] = [e[:200] for e in r["errors"]]
@@ -325,6 +345,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="builtin keys to run (default all)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--reuse-baselines", action="store_true", help="take <family>_ld from an earlier run in --out")
     ap.add_argument("--log", type=Path, default=None, help="Forge's log file: errors and decode warnings per case")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +357,7 @@ def main() -> int:
         for key in list(BUILTINS):
             if key not in a.only:
                 del BUILTINS[key]
-    runner = Runner(forge, a.out, a.size, a.steps, a.log)
+    runner = Runner(forge, a.out, a.size, a.steps, a.log, a.reuse_baselines)
     for case in a.cases:
         if case == "builtins":
             runner.builtins(info, tuple(a.families))
