@@ -33,6 +33,7 @@ from .networks.transparent_vae import TransparentDecoder, load_transparent_decod
 from .request.methods import BaseModel
 from .request.settings import Settings
 from .request.validation import check_request
+from .request.xyz_axes import with_override
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class Generation:
 def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings = Settings()) -> Generation | None:
     """Parse and check the arguments and fetch the model files, before anything is sampled. Returns None when
     LayerDiffuse is off (then nothing else happens). Raises LayerDiffuseError for anything the user must fix."""
-    args = LayerDiffuseArgs.from_script_args(*script_args)
+    # an X/Y/Z plot cell's values over the request's (request/xyz_axes.py)
+    args = with_override(p, LayerDiffuseArgs.from_script_args(*script_args))
     if not args.enabled:
         return None
     method = args.method
@@ -85,6 +87,10 @@ def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings =
     if layer_export.names_layers(method) and bridge.infotext_takes_callables():
         # per image (Forge calls it with the image's index): the caption of each result says which layer it is
         p.extra_generation_params[LAYER_INFOTEXT_KEY] = lambda index=0, **_: method.frame_of(int(index or 0)).value
+    else:
+        # the X/Y/Z plot's cells share one extra_generation_params dict (a shallow copy of p per cell): a layer
+        # method's caption in an earlier cell must not label this one
+        p.extra_generation_params.pop(LAYER_INFOTEXT_KEY, None)
     _sprite_infotext(p, method, bridge, settings)
     if settings.save_psd_file and not psd_file.available():
         bridge.tell_user(p, f"[LayerDiffuse] No .psd file is saved: psd-tools is not installed; {psd_file.INSTALL_HINT}. "
@@ -140,6 +146,19 @@ def patch_unet(p, gen: Generation, bridge, store: ModelStore, noise_shape: tuple
     decoded = apply_plan(p, plan, bridge, store, gen.args.method.base.value)
     if decoded is not None:
         setattr(p, DECODED_ATTR, decoded)
+
+
+def record_decodes_on_current_model(p, gen: Generation, bridge) -> None:
+    """post_sample (after sampling, before Forge decodes): a refiner switch (modules/sd_samplers_common.py
+    apply_refiner on every Forge) loads the refiner checkpoint as a new model in the middle of sampling, and
+    p.sd_model (shared.sd_model) is then that model, whose VAE does not record for us: without this the
+    transparent decoder would get no latent. Record on whichever model decodes now (a no-op without a switch).
+    LayerDiffuse's patches live on the base model's UNet clone, so they applied to the steps before the switch,
+    as Stop At would."""
+    sink = getattr(p, DECODED_ATTR, None)
+    if sink is None or not gen.args.method.makes_transparent:
+        return
+    bridge.record_vae_decodes(p, sink)
 
 
 def prepare_init_images(p, gen: Generation, bridge, store: ModelStore, crop_region) -> None:

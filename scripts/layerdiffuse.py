@@ -16,6 +16,7 @@ from lib_layerdiffusion.request.infotext import paste_readers
 from lib_layerdiffusion.networks.model_store import ModelStore
 from lib_layerdiffusion.request.settings import OPTIONS, SECTION, Settings
 from lib_layerdiffusion.request.ui import TITLE, build_ui
+from lib_layerdiffusion.request.xyz_axes import AXES as XYZ_AXES
 
 log = logging.getLogger("lib_layerdiffusion")
 bridge = load_bridge()
@@ -23,6 +24,7 @@ bridge.register_settings(OPTIONS, SECTION)
 bridge.on_image_saving(lambda image, p, filename: generation.before_save(p, image, filename))
 bridge.on_image_saved(lambda image, p, filename, infotext: generation.image_saved(p, image, filename, infotext))
 bridge.install_api_middleware(NamedArgsMiddleware)
+bridge.register_xyz_axes(XYZ_AXES, TITLE)
 
 
 # fields restored by paste-back; images are never in the infotext
@@ -86,6 +88,9 @@ class LayerDiffuseScript(scripts.Script):
         if gen is None:
             return
         with _stopping(p, "Decoding with the full VAE", bridge.fail_after_sampling):
+            # a refiner switch may have put another model in place: record its decodes too, then decode with the
+            # full VAE where Forge would use TAESD
+            generation.record_decodes_on_current_model(p, gen, bridge)
             generation.decode_with_full_vae(p, gen, bridge, ps)
 
     def postprocess_image(self, p, pp, *script_args):

@@ -183,7 +183,10 @@ def record_vae_decodes(p, sink: list) -> bool:
     (process_out of the sampler's), which the transparent decoder was trained on. Works on every Forge: a shallow
     copy of the VAE object (all its attributes, unlike Neo's incomplete clone(), and no decode-wrapper option,
     which Neo and reForge lack) whose decode records its input first. Forge rebuilds forge_objects for the next
-    batch, so the copy lives for this sampling only."""
+    batch, so the copy lives for this sampling only. Called again for the same sink (after a refiner switch put
+    another model in place), a VAE that already records into it is left as it is."""
+    if getattr(p.sd_model.forge_objects.vae.decode, "layerdiffuse_sink", None) is sink:
+        return True
     source = p.sd_model.forge_objects.vae
     vae = copy.copy(source)
     decode = source.decode  # the source's, not the copy's own bound method: no cycle keeping the copy and `sink`
@@ -200,6 +203,7 @@ def record_vae_decodes(p, sink: list) -> bool:
             pixels.append(decoded.detach().float().cpu().movedim(-1, 1) if torch.is_tensor(decoded) else None)
         return decoded
 
+    recording_decode.layerdiffuse_sink = sink
     vae.decode = recording_decode
     p.sd_model.forge_objects.vae = vae
     return True

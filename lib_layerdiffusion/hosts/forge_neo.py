@@ -31,6 +31,7 @@ from .webui import (  # noqa: F401  (part of this host's interface)
     register_settings, resize_image, save_extra_image, stealth_infotext_mode, tell_user,
     vae_decode_is_full, vae_encode_is_full,
 )
+from .webui import register_xyz_axes  # noqa: F401  (part of this host's interface: the X/Y/Z plot axes)
 
 NAME = "Forge Neo"
 

@@ -266,3 +266,73 @@ def resize_image(mode: int, image, width: int, height: int):
     alpha = images.resize_image(mode, rgba.getchannel("A").convert("RGB"), width, height)
     colour.putalpha(alpha.convert("L"))
     return colour
+
+
+# --- X/Y/Z plot axes (scripts/xyz_grid.py) ---------------------------------------------------------------------
+# Every Forge of the rig has the same AxisOption(label, type, apply, format_value, confirm, cost, choices, prepare)
+# (Forge main dfdcbab6 scripts/xyz_grid.py:237, Neo 6e1e0d5 :262, reForge 3b56b268 :215, old Forge bfee03d8 :207),
+# builds its axis dropdown from the module's axis_options when its ui() runs (:444 / :481 / :474 / :415), calls
+# confirm(p, values) before the first cell and apply(cell_p, value, values) on each cell's copy of p.
+
+XYZ_SCRIPT_FILE = "xyz_grid.py"
+
+
+def _xyz_grid_module():
+    """The loaded X/Y/Z plot script module: modules/scripts.py scripts_data holds (script_class, path, basedir,
+    module) for every loaded script file (modules/script_loading.py load_module names the module after the file,
+    as sd_forge_controlnet/scripts/xyz_grid_support.py find_module relies on). None before it is loaded."""
+    from modules import scripts
+    for data in scripts.scripts_data:
+        module = getattr(data, "module", None)
+        if os.path.basename(str(data.path)) == XYZ_SCRIPT_FILE and hasattr(module, "AxisOption") \
+                and isinstance(getattr(module, "axis_options", None), list):
+            return module
+    return None
+
+
+def _script_args_of(p, title: str) -> tuple | None:
+    """The slice of p.script_args that belongs to the always-on script titled `title` (modules/scripts.py
+    ScriptRunner.alwayson_scripts, Script.args_from / args_to), or None where the request has none."""
+    runner = getattr(p, "scripts", None)
+    for script in getattr(runner, "alwayson_scripts", None) or []:
+        try:
+            matches = script.title().casefold() == title.casefold()
+        except Exception:  # noqa: BLE001  (another extension's title() is not ours to trust)
+            matches = False
+        if matches and script.args_from is not None and getattr(p, "script_args", None) is not None:
+            return tuple(p.script_args[script.args_from:script.args_to])
+    return None
+
+
+def _add_xyz_axes(axes, title: str) -> bool:
+    """Append the axes the loaded X/Y/Z plot lacks (by label, so a second call adds nothing). False when no X/Y/Z
+    plot script is loaded (yet)."""
+    module = _xyz_grid_module()
+    if module is None:
+        return False
+    present = {getattr(option, "label", None) for option in module.axis_options}
+    for axis in axes:
+        if axis.label in present:
+            continue
+        choices = (lambda values=axis.choices: list(values)) if axis.choices else None
+        module.axis_options.append(module.AxisOption(
+            axis.label, axis.value_type, lambda p, x, xs, axis=axis: axis.apply(p, x),
+            confirm=lambda p, xs, axis=axis: axis.confirm(xs, _script_args_of(p, title)), choices=choices))
+    log.info("[LayerDiffuse] X/Y/Z plot axes: %s", ", ".join(axis.label for axis in axes))
+    return True
+
+
+def register_xyz_axes(axes, title: str) -> None:
+    """Give the host's X/Y/Z plot our axes (`axes`: request/xyz_axes.py XyzAxis; `title`: our script's title,
+    to find our args for the confirm step). Now, when the plot script is already loaded (scripts/ loads before
+    extensions, and with --nowebui the API builds the script UIs right after loading, before any callback); else
+    before the UI is built (modules/script_callbacks.py on_before_ui)."""
+    from modules import script_callbacks
+    if _add_xyz_axes(axes, title):
+        return
+
+    def before_ui():
+        if not _add_xyz_axes(axes, title):
+            log.info("[LayerDiffuse] No X/Y/Z plot script loaded: no LayerDiffuse axes.")
+
+    script_callbacks.on_before_ui(before_ui)

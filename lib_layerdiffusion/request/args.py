@@ -81,8 +81,8 @@ class LayerDiffuseArgs:
         parsed = dict(
             enabled=True,
             method=method_by_name(values["method"]) if "method" in values else DEFAULT_METHOD,
-            weight=_as_number(values.get("weight", 1.0), "weight", 0.0, 2.0),
-            ending_step=_as_number(values.get("ending_step", 1.0), "ending_step (Stop At)", 0.0, 1.0),
+            weight=parse_weight(values.get("weight", 1.0)),
+            ending_step=parse_ending_step(values.get("ending_step", 1.0)),
             resize_mode=resize_mode_by_name(values.get("resize_mode") or DEFAULT_RESIZE_MODE),
             output_origin=_as_bool(values.get("output_origin", False), "output_origin"),
         )
@@ -116,6 +116,16 @@ def args_shape_error(args: Any) -> InvalidArgumentError | None:
     if kind is None:
         kind = "a number" if isinstance(args, (int, float)) else f"a {type(args).__name__}"
     return InvalidArgumentError(ARGS_SHAPE_MESSAGE.format(kind=kind))
+
+
+def parse_weight(value: Any) -> float:
+    """The Weight as a number from 0 to 2, or the error naming the allowed range (also for X/Y/Z plot values)."""
+    return _as_number(value, "weight", 0.0, 2.0)
+
+
+def parse_ending_step(value: Any) -> float:
+    """Stop At as a number from 0 to 1, or the error naming the allowed range (also for X/Y/Z plot values)."""
+    return _as_number(value, "ending_step (Stop At)", 0.0, 1.0)
 
 
 def _split_string(script_args: tuple) -> bool:

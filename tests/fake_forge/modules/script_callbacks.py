@@ -24,3 +24,15 @@ callbacks["app_started"] = []
 
 def on_app_started(callback, *, name=None):
     callbacks["app_started"].append(callback)
+
+
+callbacks["before_ui"] = []
+
+
+def on_before_ui(callback, *, name=None):  # modules/script_callbacks.py:588
+    callbacks["before_ui"].append(callback)
+
+
+def before_ui_callback():  # modules/script_callbacks.py:394 (webui.py:58 / :81 call it)
+    for callback in reversed(callbacks["before_ui"]):
+        callback()

@@ -25,3 +25,10 @@ class PostprocessImageArgs:  # modules/scripts.py:32 PostprocessImageArgs
 class ScriptRunner:
     def before_process_init_images(self, p, pp):  # modules/scripts.py:864 ScriptRunner.before_process_init_images
         pass
+
+
+# modules/scripts.py:383-385: every loaded script file, module included (the X/Y/Z plot's is found there)
+from collections import namedtuple  # noqa: E402
+
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []

@@ -13,7 +13,7 @@ class ImageSaveParams:  # :17 / :18
 
 ScriptCallback = namedtuple("ScriptCallback", ["script", "callback"])  # :119 (3b56b268 :121 adds name, category)
 callback_map = dict(callbacks_app_started=[], callbacks_ui_settings=[], callbacks_before_image_saved=[],
-                    callbacks_image_saved=[])  # :120 / :219
+                    callbacks_image_saved=[], callbacks_before_ui=[])  # :120 / :219
 
 
 def _run(kind, *args):
@@ -58,3 +58,15 @@ def on_before_image_saved(callback, *, name=None):  # :417 / :511
 
 def on_image_saved(callback, *, name=None):  # :425 / :519
     add_callback(callback_map["callbacks_image_saved"], callback)
+
+
+def before_ui_callback():  # :294 / :394 (run in reverse order of registration)
+    for c in reversed(callback_map["callbacks_before_ui"]):
+        try:
+            c.callback()
+        except Exception:
+            log.exception("Error running before_ui")
+
+
+def on_before_ui(callback):  # :506 / :600 (bfee03d8 takes no name; reForge also name=, category)
+    add_callback(callback_map["callbacks_before_ui"], callback)

@@ -62,3 +62,10 @@ class ScriptRunner:  # :571 / :560
 
     def postprocess_image_after_composite(self, p, pp):  # :895 / :960
         self._run("postprocess_image_after_composite", p, pp)
+
+
+# :379-381 / :391-393: every loaded script file, module included (the X/Y/Z plot's is found there)
+from collections import namedtuple  # noqa: E402
+
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []

@@ -22,3 +22,15 @@ def on_before_image_saved(callback, *, name=None):  # script_callbacks.py:499
 
 def on_image_saved(callback, *, name=None):  # script_callbacks.py:507
     callbacks["image_saved"].append(callback)
+
+
+callbacks["before_ui"] = []
+
+
+def on_before_ui(callback, *, name=None):  # script_callbacks.py:588
+    callbacks["before_ui"].append(callback)
+
+
+def before_ui_callback():  # script_callbacks.py:394
+    for callback in reversed(callbacks["before_ui"]):
+        callback()

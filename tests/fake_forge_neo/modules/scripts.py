@@ -27,3 +27,10 @@ class ScriptRunner:  # scripts.py:557
     def before_process_init_images(self, p, pp, **kwargs):  # scripts.py:865
         for script in self.scripts:
             script.before_process_init_images(p, pp, *p.script_args, **kwargs)
+
+
+# scripts.py:388-390: every loaded script file, module included (the X/Y/Z plot's is found there)
+from collections import namedtuple  # noqa: E402
+
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []
