@@ -122,13 +122,13 @@ def one_request(forge: ForgeClient, log: LogTail, path: str, body: dict, folder:
             entry = {"mode": image.mode, "size": list(image.size)}
             if image.mode == "RGBA":
                 alpha = np.asarray(image)[..., 3].astype(np.float64)
-                entry.update(alpha_mean=round(alpha.mean(), 2), alpha_std=round(alpha.std(), 2))
+                entry.update(alpha_mean=round(float(alpha.mean()), 2), alpha_std=round(float(alpha.std()), 2))
             images.append(entry)
         first = images[0] if images else {}
         result.update(images=images, infotext=infotexts[0] if infotexts else "",
-                      rgba_first=first.get("mode") == "RGBA" and first.get("alpha_std", 0) > 0,
-                      layerdiffusion_infotext=bool(infotexts) and "layerdiffusion_method" in infotexts[0],
-                      controlnet_infotext=bool(infotexts) and "ControlNet" in infotexts[0])
+                      rgba_first=bool(first.get("mode") == "RGBA" and first.get("alpha_std", 0) > 0),
+                      layerdiffusion_infotext=bool(infotexts and "layerdiffusion_method" in infotexts[0]),
+                      controlnet_infotext=bool(infotexts and "ControlNet" in infotexts[0]))
     else:
         result["errors"] = error_messages(r) or [r.text(2000)]
     text = log.read()
