@@ -182,6 +182,49 @@ def test_stop_at_switches_to_the_unpatched_unet_without_concat(script):
     assert unpatched.lora_patches == {} and unpatched.extra_concat_condition is None
 
 
+class FakeControlNet:
+    """backend/patcher/controlnet.py ControlNet as the sampler sees it: a linked list node (previous_controlnet)."""
+    previous_controlnet = None
+
+
+def controlnet_before_sampling(p):
+    """The built-in ControlNet's process_before_every_sampling (modules_forge/supported_controlnet.py:143-160):
+    apply_controlnet_advanced (backend/patcher/controlnet.py:83-85) clones forge_objects.unet, adds the unit with
+    add_patched_controlnet, and the clone becomes forge_objects.unet."""
+    cnet = FakeControlNet()
+    unet = p.sd_model.forge_objects.unet.clone()
+    unet.add_patched_controlnet(cnet)
+    p.sd_model.forge_objects.unet = unet
+    return cnet
+
+
+@pytest.mark.parametrize("controlnet_first", [True, False])
+def test_controlnet_and_layerdiffuse_both_stay_on_the_sampled_unet(script, controlnet_first):
+    """ControlNet's script runs first in Forge (sorting_priority 10 < 15: modules/scripts.py:703); either order
+    keeps both: ControlNet's unit on the patcher the sampler reads, LayerDiffuse's weight patches and stop-at
+    modifier beside it, and the control still on the conds after stop-at switches to the unpatched UNet."""
+    from backend.sampling import sampling_function
+    p = make_p()
+    noise = torch.zeros((1, 4, 8, 8))
+    script_args = args(ending_step=0.5)
+    script.process(p, *script_args)
+    if controlnet_first:
+        cnet = controlnet_before_sampling(p)
+    script.process_before_every_sampling(p, *script_args, x=noise, noise=noise)
+    if not controlnet_first:
+        cnet = controlnet_before_sampling(p)
+    unet = p.sd_model.forge_objects.unet
+    assert unet.list_controlnets() == [cnet]
+    (identifier, _), = unet.lora_patches.items()
+    assert identifier[0] == "layer_xl_transparent_attn.safetensors"
+    sigma_end = unet.model.predictor.percent_to_sigma(0.5)
+    for sigma in (sigma_end * 2, sigma_end / 2):  # before and after stop-at
+        _, cond, uncond = sampling_function.sampling_step(unet, noise, sigma, [{"model_conds": {}}],
+                                                          [{"model_conds": {}}])
+        assert cond[0]["control"] is cnet and uncond[0]["control"] is cnet
+    assert all(image.mode == "RGBA" for image in forge_after_sampling(script, p, script_args))
+
+
 @pytest.mark.parametrize("setup, message", [
     (dict(is_sdxl=False), "needs an SDXL checkpoint"),
     (dict(method=FG2BLE), "needs a foreground image"),

@@ -42,6 +42,7 @@ def refined_generation(script, post_sample: bool):  # noqa: F811
     script.postprocess_image(p, pp, *args())
     p.pixels_after_sampling.append(pp.image)
     script.postprocess_image_after_composite(p, pp, *args())
+    pp.image.layerdiffuse_p = p  # for the test that closes the request
     return pp.image, final / 0.125  # process_out of the fake VAE
 
 
@@ -52,12 +53,14 @@ def test_the_alpha_is_decoded_from_the_refined_final_latent(script, decoder_late
     torch.testing.assert_close(latent[0], raw[0])
 
 
-def test_without_the_hook_the_refiner_switch_leaves_the_decoder_no_latent(script, decoder_latents, caplog):  # noqa: F811
-    """What happened before post_sample: no latent recorded, the decoder read zeros (pixels alone)."""
-    refined_generation(script, post_sample=False)
-    (latent,) = decoder_latents
-    assert torch.count_nonzero(latent) == 0
-    assert "No decoded latent was seen" in caplog.text
+def test_without_the_hook_the_refiner_switch_stops_the_request(script, decoder_latents):  # noqa: F811
+    """Without post_sample recording on the refiner's VAE no latent of the image exists: the request stops with
+    the message instead of decoding the alpha from the pixels alone (as it once did, silently)."""
+    from lib_layerdiffusion.errors import LayerDiffuseError
+    image, _ = refined_generation(script, post_sample=False)
+    assert image.mode == "RGB" and decoder_latents == []
+    with pytest.raises(LayerDiffuseError, match="did not decode this image's latent"):
+        image.layerdiffuse_p.close()
 
 
 def test_without_a_switch_post_sample_changes_nothing(script):  # noqa: F811

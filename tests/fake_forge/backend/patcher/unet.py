@@ -82,6 +82,7 @@ class UnetPatcher:
         if not hasattr(model, "lora_loader"):  # base.py:63: one loader per model, shared by its clones
             model.lora_loader = LoraLoader(model)
         self.lora_loader = model.lora_loader
+        self.controlnet_linked_list = None  # unet.py:21
 
     def clone(self):  # UnetPatcher.clone
         n = UnetPatcher(self.model)
@@ -89,7 +90,19 @@ class UnetPatcher:
         n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         n.extra_concat_condition = self.extra_concat_condition
+        n.controlnet_linked_list = self.controlnet_linked_list  # unet.py:31
         return n
+
+    def add_patched_controlnet(self, cnet):  # unet.py:68-71 (ControlBase.set_previous_controlnet, controlnet.py:201)
+        cnet.previous_controlnet = self.controlnet_linked_list
+        self.controlnet_linked_list = cnet
+
+    def list_controlnets(self):  # unet.py:73-79
+        results, pointer = [], self.controlnet_linked_list
+        while pointer is not None:
+            results.append(pointer)
+            pointer = pointer.previous_controlnet
+        return results
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
         """base.py:91: keeps the patches whose key (or key[0], with its offset and function) names a parameter,
