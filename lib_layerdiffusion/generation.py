@@ -63,6 +63,11 @@ class Generation:
         return self.settings.decoder_passes
 
 
+def requested(script_args: tuple) -> bool:
+    """Whether the request turns LayerDiffuse on (read before anything else: when it is off nothing else is)."""
+    return LayerDiffuseArgs.from_script_args(*script_args).enabled
+
+
 def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings = Settings()) -> Generation | None:
     """Parse and check the arguments and fetch the model files, before anything is sampled. Returns None when
     LayerDiffuse is off (then nothing else happens). Raises LayerDiffuseError for anything the user must fix."""

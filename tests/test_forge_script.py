@@ -1014,3 +1014,15 @@ def test_a_bad_trim_margin_stops_nothing_while_trimming_is_off(script, opts):
     opts.data["layerdiffuse_trim_margin"] = 2.5
     with pytest.raises(Exception, match="whole number of pixels"):
         Settings.from_values(opts.data.get)
+
+
+def test_disabled_is_not_stopped_by_a_bad_layerdiffuse_setting(script, opts):
+    """A bad saved setting stops only the requests that turn LayerDiffuse on."""
+    opts.data["layerdiffuse_decoder_passes"] = 3
+    p = make_p()
+    script.process(p, *args(enabled=False))
+    assert p.sample() == "sampled"
+    p = make_p()
+    script.process(p, *args())
+    with pytest.raises(Exception, match="decoder passes must be one of 1, 2, 4, 8"):
+        p.sample()
