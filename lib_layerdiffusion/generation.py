@@ -33,7 +33,7 @@ from .networks.transparent_vae import TransparentDecoder, load_transparent_decod
 from .request.methods import BaseModel
 from .request.settings import Settings
 from .request.validation import check_request
-from .request.xyz_axes import with_override
+from .request.xyz_axes import OVERRIDE_ATTR, with_override
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ class Generation:
         return self.settings.decoder_passes
 
 
-def requested(script_args: tuple) -> bool:
-    """Whether the request turns LayerDiffuse on (read before anything else: when it is off nothing else is)."""
-    return LayerDiffuseArgs.from_script_args(*script_args).enabled
+def requested(p, script_args: tuple) -> bool:
+    """Whether the request turns LayerDiffuse on, or an X/Y/Z cell sets its values (begin then says it is off);
+    read before anything else: when neither, nothing else is."""
+    return LayerDiffuseArgs.from_script_args(*script_args).enabled or getattr(p, OVERRIDE_ATTR, None) is not None
 
 
 def begin(p, script_args: tuple, bridge, store: ModelStore, settings: Settings = Settings()) -> Generation | None:

@@ -62,7 +62,7 @@ class LayerDiffuseScript(scripts.Script):
         # any request, LayerDiffuse on or off: undo a VAE regulation an interrupted or failed request left behind
         bridge.release_vae_regulation(p)
         with _stopping(p, "Preparing the generation", bridge.fail_before_sampling):
-            if not generation.requested(script_args):
+            if not generation.requested(p, script_args):
                 return  # off: nothing is read, loaded or patched, not even the settings (a bad one cannot stop it)
             settings = Settings.from_values(bridge.read_option)
             gen = generation.begin(p, script_args, bridge, _store(settings), settings)
