@@ -120,7 +120,13 @@ def regulation_with_offsets(offsets: torch.Tensor, calls: list):
         index = [(start[0] + i) % offsets.shape[0] for i in range(rows)]
         start[0] += rows
         calls.append(rows)
-        return mean + posterior.std * offsets[index].to(mean)
+        latent = mean + posterior.std * offsets[index].to(mean)
+        # the figures a rig run compares with the host's init latent (its process_in of this)
+        log.info("[LayerDiffuse] Init image transparency: posterior mean %.6f, std %.6f; offset mean %.6f, std "
+                 "%.6f; latent %s: mean %.6f, std %.6f", mean.float().mean().item(), posterior.std.float().mean().item(),
+                 offsets.float().mean().item(), offsets.float().std().item(), tuple(latent.shape),
+                 latent.float().mean().item(), latent.float().std().item())
+        return latent
 
     return regulation
 

@@ -6,6 +6,12 @@ decoder; from then on a request must leave nothing behind).
 
     python tests/rig/memory_growth.py --url http://127.0.0.1:7861 --cases sd15_attn sdxl_attn -n 20
     python tests/rig/memory_growth.py --cases flux --flux-checkpoint rig_flux1_dev_random   # where the host has one
+    python tests/rig/memory_growth.py --cases sdxl_attn --settle     # with tests/rig/extensions/ld_rig_memory
+
+--settle: after each request (and its raw reading) POST /ld-rig/settle of the rig-only extension ld_rig_memory
+(copied into the run's extensions/), which runs gc.collect() and glibc's malloc_trim(0) inside Forge and answers
+the RSS after; the verdict then uses those readings (what live objects hold), the raw ones are printed beside them.
+Freed weights that glibc keeps mapped make the raw RSS swing by hundreds of MiB between requests (Neo, SDXL).
 
 The pid is read from the rig's pid file (start_forge.sh writes $RIG_ROOT/forge.pid; RIG_ROOT follows
 FORGE_GENERATION as there), or given with --pid. Standard library only. Exit status 1 when a case fails (an HTTP
@@ -97,11 +103,11 @@ def payload(case: str, size: int, steps: int) -> dict:
     return body
 
 
-def run_case(url: str, pid: int, case: str, checkpoint: str, n: int, size: int, steps: int) -> dict:
+def run_case(url: str, pid: int, case: str, checkpoint: str, n: int, size: int, steps: int, settle: bool) -> dict:
     status, answer = call(url, "/sdapi/v1/options", {"sd_model_checkpoint": checkpoint})
     if status != 200:
         return {"case": case, "error": f"selecting {checkpoint}: HTTP {status} {answer}"}
-    rss, seconds = [], []
+    rss, raw, seconds = [], [], []
     body = payload(case, size, steps)
     for i in range(n):
         start = time.monotonic()
@@ -111,26 +117,38 @@ def run_case(url: str, pid: int, case: str, checkpoint: str, n: int, size: int, 
             return {"case": case, "rss": rss, "error": f"request {i + 1}: HTTP {status} {answer}"}
         images = answer.get("images") or []
         time.sleep(1.0)  # let the answer's own buffers go before reading
-        rss.append(rss_mib(pid))
-        print(f"  {case} #{i + 1}: {seconds[-1]:.1f} s, {len(images)} image(s), RSS {rss[-1]:.0f} MiB", flush=True)
-    return {"case": case, "rss": rss, "seconds": seconds}
+        raw.append(rss_mib(pid))
+        if settle:
+            status, settled = call(url, "/ld-rig/settle", {})
+            if status != 200:
+                return {"case": case, "rss": rss, "error": f"/ld-rig/settle: HTTP {status} {settled} "
+                                                          "(copy tests/rig/extensions/ld_rig_memory into the run)"}
+            rss.append(settled["rss_after_mib"])
+        else:
+            rss.append(raw[-1])
+        print(f"  {case} #{i + 1}: {seconds[-1]:.1f} s, {len(images)} image(s), RSS {raw[-1]:.0f} MiB"
+              + (f", settled {rss[-1]:.0f} MiB" if settle else ""), flush=True)
+    return {"case": case, "rss": rss, "raw_rss": raw, "settled": settle, "seconds": seconds}
 
 
 def table(results: list[dict], limit: float) -> tuple[str, bool]:
-    lines = ["| case | requests | RSS after 2nd (MiB) | RSS after last (MiB) | growth (MiB) | per request | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| case | requests | RSS after 2nd (MiB) | RSS after last (MiB) | growth (MiB) | per request | raw RSS 2nd → last,"
+             " range (MiB) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     ok = True
     for r in results:
         rss = r.get("rss") or []
         if "error" in r or len(rss) < 3:
             ok = False
-            lines.append(f"| {r['case']} | {len(rss)} | | | | | ERROR: {r.get('error', 'fewer than 3 requests')} |")
+            lines.append(f"| {r['case']} | {len(rss)} | | | | | | ERROR: {r.get('error', 'fewer than 3 requests')} |")
             continue
         growth = rss[-1] - rss[1]
         verdict = "PASS" if growth <= limit else "FAIL"
         ok &= verdict == "PASS"
+        raw = r.get("raw_rss") or rss
+        raw_text = f"{raw[1]:.0f} → {raw[-1]:.0f}, {min(raw[1:]):.0f}–{max(raw[1:]):.0f}" if r.get("settled") else "(same)"
         lines.append(f"| {r['case']} | {len(rss)} | {rss[1]:.0f} | {rss[-1]:.0f} | {growth:+.0f} | "
-                     f"{growth / (len(rss) - 2):+.0f} | {verdict} |")
+                     f"{growth / (len(rss) - 2):+.0f} | {raw_text} | {verdict} |")
     return "\n".join(lines), ok
 
 
@@ -144,6 +162,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--flux-checkpoint", help="the host's FLUX.1 checkpoint (the flux case needs it)")
     ap.add_argument("--limit-mib", type=float, default=150.0, help="allowed growth from the 2nd to the last request")
+    ap.add_argument("--settle", action="store_true",
+                    help="judge on the RSS after gc + malloc_trim (needs the rig extension ld_rig_memory)")
     ap.add_argument("--json", type=Path, help="also write the per-request figures here")
     a = ap.parse_args()
     pid = a.pid or int(rig_pid_file().read_text().strip())
@@ -157,7 +177,7 @@ def main() -> int:
         if checkpoint is None:
             print(f"{case}: skipped (give --flux-checkpoint)", flush=True)
             continue
-        results.append(run_case(a.url, pid, case, checkpoint, a.requests, a.size, a.steps))
+        results.append(run_case(a.url, pid, case, checkpoint, a.requests, a.size, a.steps, a.settle))
     text, ok = table(results, a.limit_mib)
     print(text)
     if a.json:
