@@ -30,7 +30,7 @@ from .images.img2img import (InitTransparency, aligned_rgba, grey_flattened, ini
                              regulation_with_offsets, uncrop)
 from .images.outputs import checkerboard_preview_of, rgba_image
 from .networks.transparent_vae import TransparentDecoder, load_transparent_decoder, load_transparent_encoder
-from .request.methods import BaseModel
+from .request.methods import DECODER_READS_UNCLIPPED, BaseModel
 from .request.settings import Settings
 from .request.validation import check_request
 from .request.xyz_axes import OVERRIDE_ATTR, with_override
@@ -231,11 +231,12 @@ def decode_transparent(p, gen: Generation, bridge, store: ModelStore, index: int
         return None
     latent, decoded = _final_decode(p, index)
     image = _decoder_image(p, index, composed)
-    pixel, exact = _decoder_pixels(image, decoded)
+    pixel, exact = _decoder_pixels(image, decoded, DECODER_READS_UNCLIPPED[method.base])
     log.info("[LayerDiffuse] Image %d: transparent decode from latent %s: mean %.6f, std %.6f; from pixels %s "
              "sha256 %s (%s)", index, tuple(latent.shape), latent.mean().item(), latent.std().item(), image.size,
              hashlib.sha256(np.ascontiguousarray(np.asarray(image)).tobytes()).hexdigest(),
-             "the VAE's float output" if exact else "the 8-bit image")
+             ("the VAE's float output, unclipped" if pixel.min().item() < 0.0 or pixel.max().item() > 1.0
+              else "the VAE's float output") if exact else "the 8-bit image")
     device, dtype = _device_and_dtype(bridge, gen.args, gen.settings)
     decoder = _built.get(store, method.decoder_file, device, dtype, load_transparent_decoder)
     rgba = rgba_image(_decode(decoder, pixel, latent, gen))
@@ -262,18 +263,20 @@ def _decoder_image(p, index: int, composed: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decoder_pixels(image: Image.Image, decoded: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-    """(1,3,H,W) in [0,1]: the VAE's float output for this image where Forge's 8-bit image is just that output
-    rounded down (nothing edited it), as the reference decoders read it; else the 8-bit image, edits included.
-    Also whether it is the float output."""
+def _decoder_pixels(image: Image.Image, decoded: torch.Tensor | None, unclipped: bool = False
+                    ) -> tuple[torch.Tensor, bool]:
+    """(1,3,H,W): the VAE's float output for this image where Forge's 8-bit image is just that output clipped
+    and rounded down (nothing edited it), as the reference decoders read it (clipped to [0, 1], or as the VAE
+    gave it with `unclipped`, where it was recorded so); else the 8-bit image, edits included. Also whether it is
+    the float output."""
     eight_bit = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     if decoded is None or tuple(decoded.shape[1:]) != tuple(eight_bit.shape[2:]) or decoded.shape[0] != 3:
         return eight_bit, False
-    decoded = decoded.clamp(0.0, 1.0)[None]
+    clipped = decoded.clamp(0.0, 1.0)[None]
     # Forge: 255 · x cast to uint8 (rounded down); one level of slack for float noise on the way
-    if (eight_bit * 255.0 - torch.floor(decoded * 255.0)).abs().max().item() > 1.0:
+    if (eight_bit * 255.0 - torch.floor(clipped * 255.0)).abs().max().item() > 1.0:
         return eight_bit, False
-    return decoded, True
+    return (decoded[None] if unclipped else clipped), True
 
 
 def _final_decode(p, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:

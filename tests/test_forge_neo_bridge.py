@@ -544,6 +544,34 @@ def test_record_vae_decodes_records_the_raw_latent_the_vae_decodes(bridge):
     torch.testing.assert_close((pixels + 1) / 2, plain.movedim(-1, 1))
 
 
+def test_record_vae_decodes_keeps_the_autoencoders_output_before_neos_clip(bridge, monkeypatch):
+    """The decoder's pixel input for FLUX.1 is the VAE's output unclipped (the Flux port's `decode(z) * 0.5 + 0.5`):
+    recorded from the autoencoder on the copy, while the host's own decode still returns its clipped image
+    (backend/patcher/vae.py:202 process_output clamps). A tiled decode records tiles: then the clipped image."""
+    from backend import memory_management
+    from lib_layerdiffusion.hosts.apply_plan import RecordedDecodes
+    p = make_p(sdxl())
+    shared = p.sd_model.forge_objects.vae
+    model_type = type(shared.first_stage_model)
+    plain_decode = model_type.decode
+    monkeypatch.setattr(model_type, "decode", lambda self, z: plain_decode(self, z) * 5.0)  # past [-1, 1]
+    sink = RecordedDecodes()
+    bridge.record_vae_decodes(p, sink)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        image = p.sd_model.forge_objects.vae.decode(x)
+        expected = (shared.first_stage_model.decode(x) + 1.0) / 2.0
+    (pixels,) = sink.pixels
+    assert pixels.min() < 0.0 and pixels.max() > 1.0
+    torch.testing.assert_close(pixels, expected)
+    torch.testing.assert_close(image, expected.clamp(0, 1).movedim(1, -1))  # the host's result as before
+    memory_management.VAE_ALWAYS_TILED = True
+    with torch.inference_mode():
+        tiled = p.sd_model.forge_objects.vae.decode(x)
+    assert 0.0 <= sink.pixels[1].min() and sink.pixels[1].max() <= 1.0
+    torch.testing.assert_close(sink.pixels[1], tiled.movedim(-1, 1))
+
+
 def test_tiled_decode_works_on_the_copy_where_neo_clone_lacks_upscale_ratio(bridge):
     from backend import memory_management
     p = make_p(sdxl())

@@ -1026,3 +1026,40 @@ def test_disabled_is_not_stopped_by_a_bad_layerdiffuse_setting(script, opts):
     script.process(p, *args())
     with pytest.raises(Exception, match="decoder passes must be one of 1, 2, 4, 8"):
         p.sample()
+
+
+def test_forge_main_records_the_vae_output_before_its_clip(script, monkeypatch):
+    """backend/patcher/vae.py:142 decode_inner clamps (decode(z) + 1) / 2 to [0, 1]; the recording copy keeps the
+    autoencoder's output before that clip beside the host's clipped image (the FLUX.1 decoder's input)."""
+    from backend.patcher.vae import IntegratedAutoencoderKL
+    from lib_layerdiffusion.generation import DECODED_ATTR
+    plain_decode = IntegratedAutoencoderKL.decode
+    monkeypatch.setattr(IntegratedAutoencoderKL, "decode", lambda self, z: plain_decode(self, z) * 1.6)
+    p = make_p()
+    shared = p.sd_model.forge_objects.vae
+    run_sampling_setup(script, p, args())
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    image = p.sd_model.forge_objects.vae.decode(z)
+    expected = (shared.first_stage_model.decode(z) + 1.0) / 2.0
+    (pixels,) = getattr(p, DECODED_ATTR).pixels
+    assert pixels.min() < 0.0 and pixels.max() > 1.0
+    torch.testing.assert_close(pixels, expected)
+    torch.testing.assert_close(image, expected.clamp(0, 1).movedim(1, -1))
+
+
+@pytest.mark.parametrize("unclipped", [False, True])
+def test_decoder_pixels_clip_unless_the_base_models_reference_reads_them_unclipped(unclipped):
+    """SD/SDXL: the clipped float image (as DiffusersCLI); FLUX.1: the VAE's output as it is (the Flux port). Either
+    way only where Forge's 8-bit image is that output clipped and rounded down; an edited image is read as it is."""
+    from lib_layerdiffusion.generation import _decoder_pixels
+    from lib_layerdiffusion.request.methods import DECODER_READS_UNCLIPPED, BaseModel
+    assert DECODER_READS_UNCLIPPED == {BaseModel.SDXL: False, BaseModel.SD15: False, BaseModel.FLUX: True}
+    decoded = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7)) * 1.4 - 0.2
+    eight_bit = Image.fromarray((decoded.clamp(0, 1) * 255).movedim(0, -1).numpy().astype(np.uint8))
+    pixel, exact = _decoder_pixels(eight_bit, decoded, unclipped)
+    assert exact
+    torch.testing.assert_close(pixel[0], decoded if unclipped else decoded.clamp(0, 1))
+    edited = eight_bit.copy()
+    edited.paste((255, 0, 255), (0, 0, 8, 8))
+    pixel, exact = _decoder_pixels(edited, decoded, unclipped)
+    assert not exact and 0.0 <= pixel.min() and pixel.max() <= 1.0

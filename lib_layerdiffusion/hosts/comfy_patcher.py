@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -189,24 +190,74 @@ def record_vae_decodes(p, sink: list) -> bool:
         return True
     source = p.sd_model.forge_objects.vae
     vae = copy.copy(source)
-    decode = source.decode  # the source's, not the copy's own bound method: no cycle keeping the copy and `sink`
     pixels = getattr(sink, "pixels", None)  # apply_plan.RecordedDecodes: the decoded images too
+    raw: list = []
+    inner = getattr(source, "first_stage_model", None)
+    class_decode = getattr(type(source), "decode", None)
+    if "decode" not in vars(source) and callable(class_decode) and callable(getattr(inner, "decode", None)):
+        # the host's decode run on the copy, whose autoencoder also keeps its outputs before the clip; the copy
+        # through a weak reference: no cycle keeping the copy and `sink` alive past this sampling
+        vae.first_stage_model = _RecordingAutoencoder(inner, raw)
+        copy_ref = weakref.ref(vae)
+
+        def decode(samples, *args, **kwargs):
+            target = copy_ref()
+            return class_decode(target if target is not None else source, samples, *args, **kwargs)
+    else:
+        decode = source.decode  # wrapped by someone else: theirs, as it is (the clipped output only)
 
     def recording_decode(samples, *args, **kwargs):
         sink.append(samples.detach().float().cpu())
         log.info("[LayerDiffuse] VAE decode input %s: mean %.6f, std %.6f", tuple(samples.shape),
                  sink[-1].mean().item(), sink[-1].std().item())
+        raw.clear()
         decoded = decode(samples, *args, **kwargs)
         if pixels is not None:
             # every Forge's VAE.decode gives B×H×W×3 in [0, 1] (clipped), as float: the transparent decoder's
-            # pixel input before Forge rounds it down to 8 bits
-            pixels.append(decoded.detach().float().cpu().movedim(-1, 1) if torch.is_tensor(decoded) else None)
+            # pixel input before Forge rounds it down to 8 bits; where the autoencoder's own output could be
+            # taken, that output before the clip (the FLUX.1 port's decoder reads it unclipped)
+            clipped = decoded.detach().float().cpu().movedim(-1, 1) if torch.is_tensor(decoded) else None
+            pixels.append(unclipped_pixels(raw, clipped))
+        raw.clear()
         return decoded
 
     recording_decode.layerdiffuse_sink = sink
     vae.decode = recording_decode
     p.sd_model.forge_objects.vae = vae
     return True
+
+
+class _RecordingAutoencoder:
+    """Stands in for the VAE's first_stage_model in a recording copy: the same model, whose decode outputs (the
+    pixels in [-1, 1] before the host maps them to [0, 1] and clips) are also kept in `raw`, as float on the CPU."""
+
+    def __init__(self, inner, raw: list):
+        self._inner = inner
+        self._raw = raw
+
+    def decode(self, z, *args, **kwargs):
+        out = self._inner.decode(z, *args, **kwargs)
+        if torch.is_tensor(out):
+            self._raw.append(out.detach().float().cpu())
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def unclipped_pixels(raw: list, clipped: torch.Tensor | None) -> torch.Tensor | None:
+    """The decode's pixels (B×3×H×W, (x + 1) / 2 of the autoencoder's outputs, not clipped) when the recorded
+    outputs are exactly this decode's, i.e. clipping them to [0, 1] gives the host's own result; else the host's
+    clipped result. A tiled decode (Forge's fallback when memory runs short) records tiles: then the clipped one."""
+    if clipped is None or not raw:
+        return clipped
+    try:
+        pixels = (torch.cat(raw, dim=0) + 1.0) / 2.0
+    except RuntimeError:  # tiles of different sizes
+        return clipped
+    if pixels.shape != clipped.shape or (pixels.clamp(0.0, 1.0) - clipped).abs().max().item() > 1e-3:
+        return clipped
+    return pixels
 
 
 class _Posterior:

@@ -25,6 +25,10 @@ DECODER_FILES = {BaseModel.SDXL: "vae_transparent_decoder", BaseModel.SD15: "lay
 ENCODER_FILES = {BaseModel.SDXL: "vae_transparent_encoder", BaseModel.SD15: "layer_sd15_vae_transparent_encoder",
                  BaseModel.FLUX: "TransparentVAE"}
 
+# whether the transparent decoder reads the VAE's output unclipped, as that base model's reference feeds it (the
+# FLUX.1 port: `vae.decode(z).sample * 0.5 + 0.5`; the SD/SDXL reference decodes from the clipped [0, 1] image)
+DECODER_READS_UNCLIPPED = {BaseModel.SDXL: False, BaseModel.SD15: False, BaseModel.FLUX: True}
+
 
 class PatchKind(str, enum.Enum):
     # a Forge "frozen patcher" file: keys `diffusion_model.<param>::lora::i` or `::diff::0`, merged as weight patches
