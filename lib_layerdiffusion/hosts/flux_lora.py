@@ -329,13 +329,14 @@ def online_mode(quantised: Mapping) -> bool:
     return bool(quantised)
 
 
-def _log_online(quantised: Mapping, n_patches: int) -> None:
+def _log_online(quantised: Mapping, patches: Mapping) -> None:
     kinds = {}
     for q in quantised.values():
         kinds[q] = kinds.get(q, 0) + 1
-    log.info("[LayerDiffuse] FLUX.1 LoRA: %d of the %d weights it changes are quantised (%s); it is applied online "
-             "(added to each dequantised weight in the layer's forward) instead of being merged.", len(quantised),
-             n_patches, ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
+    weights = {_parameter_of(k) for k in patches}  # a fused qkv / linear1 weight takes several patches
+    log.info("[LayerDiffuse] FLUX.1 LoRA: %d of the %d weights it changes (%d patches) are quantised (%s); it is "
+             "applied online (added to each dequantised weight in the layer's forward) instead of being merged.",
+             len(quantised), len(weights), len(patches), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
 
 
 def forge_add_flux_lora(unet, filename: str, state_dict: Mapping, strength: float, lora_module) -> dict:
@@ -362,7 +363,7 @@ def _online_for(patches: Mapping, unet) -> bool:
     quantised = quantised_targets(patches, parameters)
     online = online_mode(quantised)
     if online:
-        _log_online(quantised, len(patches))
+        _log_online(quantised, patches)
     return online
 
 
