@@ -104,7 +104,7 @@ def request(forge: ForgeClient, log: Log, path: str, body: dict, out: Path) -> d
             entry = {"mode": image.mode, "size": list(image.size)}
             if image.mode == "RGBA":
                 alpha = np.asarray(image)[..., 3].astype(np.float64)
-                entry.update(alpha_mean=round(alpha.mean(), 2), alpha_std=round(alpha.std(), 2))
+                entry.update(alpha_mean=round(float(alpha.mean()), 2), alpha_std=round(float(alpha.std()), 2))
             result["images"].append(entry)
         result["layerdiffusion_infotext"] = any("layerdiffusion_" in t for t in info.get("infotexts") or [])
     (out / "result.json").write_text(json.dumps(result, indent=1))
