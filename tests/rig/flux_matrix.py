@@ -187,8 +187,10 @@ def main() -> int:
                           f"{(ld or [None])[-1:]}")
     if "hires" in a.cases:
         body = base_payload(1)
+        # Forge main's API leaves hr_additional_modules None unless given, and its sample() then fails
+        # (modules/processing.py:1405 `'Use same choices' not in self.hr_additional_modules`)
         body.update(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=1,
-                    denoising_strength=0.5)
+                    denoising_strength=0.5, hr_additional_modules=["Use same choices"])
         res = results["hires"] = request(forge, log, "/sdapi/v1/txt2img", body, a.out / "hires")
         row("hires", first_rgba(res, int(SIZE * 1.5)), f"{res['seconds']} s; {res.get('images', [{}])[:1]}")
     if "img2img" in a.cases:
