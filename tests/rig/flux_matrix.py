@@ -13,7 +13,7 @@ logs the latent each sampling starts from and ends with). Cases (128x128, "sched
   plain    the same request with LayerDiffuse off: its sampled latent must differ from txt2img's (the transparency
            LoRA changed the transformer's output).
   hires    txt2img with hires fix x1.5 (Latent, 1 second-pass step, denoising 0.5): RGBA at 192x192.
-  img2img  an RGBA init image (an opaque disc on a transparent field), 4 steps, denoising 0.75, and the same disc
+  img2img  an RGBA init image (an opaque disc on a transparent field), 4 steps, denoising 0.5, and the same disc
            fully opaque on grey: the init latent the host samples from must be the host's process_in of the
            latent LayerDiffuse's regulation made (mean + std * offset; compared through the logged mean and std
            with the latent format's scale and shift), and the two init latents and images must differ.
@@ -196,8 +196,11 @@ def main() -> int:
     if "img2img" in a.cases:
         found = {}
         for name, opaque in (("img2img", False), ("img2img_opaque", True)):
+            # 4 steps at denoising 0.5: img2img samples from sigmas[steps - int(denoising * steps) - 1:]
+            # (modules/sd_samplers_kdiffusion.py:143 sample_img2img), so at 0.75 it would start at the schedule's first
+            # sigma, 1.0 for FLUX.1 (flow matching: the init latent's weight is 1 - sigma, none)
             body = base_payload(4)
-            body.update(init_images=[png_b64(disc(opaque))], denoising_strength=0.75, resize_mode=0)
+            body.update(init_images=[png_b64(disc(opaque))], denoising_strength=0.5, resize_mode=0)
             res = results[name] = request(forge, log, "/sdapi/v1/img2img", body, a.out / name)
             bad = first_rgba(res, SIZE) or check_init(res)
             found[name] = res
